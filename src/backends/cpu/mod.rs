@@ -1,0 +1,1 @@
+//! The CPU reference backend: the full Whisper encoder and decoder in f32.

@@ -1,0 +1,1 @@
+//! Checkpoint readers and the canonical model directory writer (`whisper-trt convert`).

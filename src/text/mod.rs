@@ -1,0 +1,1 @@
+//! Text: tokenizer and special tokens, English text normalizer, word error rate.
