@@ -117,7 +117,7 @@ pub fn canonical_shapes(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
 }
 
 fn block_shapes(out: &mut Vec<(String, Vec<usize>)>, p: &str, n: usize, cross: bool) {
-    let mut attn = |out: &mut Vec<(String, Vec<usize>)>, a: &str| {
+    let attn = |out: &mut Vec<(String, Vec<usize>)>, a: &str| {
         out.push((format!("{p}.{a}.query.weight"), vec![n, n]));
         out.push((format!("{p}.{a}.query.bias"), vec![n]));
         out.push((format!("{p}.{a}.key.weight"), vec![n, n]));

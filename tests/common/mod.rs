@@ -1,0 +1,42 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+use std::path::PathBuf;
+
+/// `../shared` (read-only test data), or `$WHISPER_TRT_SHARED`.
+pub fn shared() -> PathBuf {
+    std::env::var_os("WHISPER_TRT_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared")))
+}
+
+/// The models folder that `scripts/fetch-model.sh` fills, or `$WHISPER_TRT_MODELS`.
+pub fn models() -> PathBuf {
+    std::env::var_os("WHISPER_TRT_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/models")))
+}
+
+/// A fetched model directory; a missing one fails the test with the command that fetches it.
+pub fn model_dir(name: &str) -> PathBuf {
+    let dir = models().join(name);
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "{} is missing: run scripts/fetch-model.sh {name}",
+        dir.display()
+    );
+    dir
+}
+
+/// A fresh empty directory under the system temp dir.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "whisper-trt-test-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
