@@ -1,1 +1,73 @@
 //! The CPU reference backend: the full Whisper encoder and decoder in f32.
+//!
+//! A faithful port of openai-whisper's `model.py`: every matrix product goes through the `gemm`
+//! crate, convolutions are im2col products over strided views, attention heads run in parallel
+//! (rayon), and weights keep torch's `[out][in]` layout, which gemm reads directly as Wᵀ.
+mod attention;
+mod decoder;
+mod encoder;
+pub mod ops;
+
+pub use decoder::CpuSession;
+
+use crate::model::config::ModelConfig;
+use crate::model::weights::{Tensor, Weights};
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+
+/// A Whisper model on the CPU, f32.
+pub struct CpuModel {
+    config: ModelConfig,
+    encoder: encoder::Encoder,
+    decoder: decoder::Decoder,
+}
+
+impl CpuModel {
+    /// Takes the canonical weights and the config; every tensor's presence and shape is checked.
+    pub fn new(config: ModelConfig, mut weights: Weights) -> Result<Self> {
+        config.validate().context("invalid model config")?;
+        if config.n_audio_state != config.n_text_state {
+            bail!(
+                "n_audio_state {} differs from n_text_state {}: cross-attention needs them equal",
+                config.n_audio_state,
+                config.n_text_state
+            );
+        }
+        weights.check_canonical(&config)?;
+        let encoder = encoder::Encoder::load(&mut weights, &config)?;
+        let decoder = decoder::Decoder::load(&mut weights, &config)?;
+        Ok(CpuModel { config, encoder, decoder })
+    }
+
+    /// Loads `<dir>/config.json` and `<dir>/model.safetensors`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let config = ModelConfig::load(&dir.join("config.json"))?;
+        let weights = Weights::load(&dir.join("model.safetensors"))?;
+        Self::new(config, weights).with_context(|| format!("{}: cannot build the CPU model", dir.display()))
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// `mel`: row-major `[n_mels][2 * n_audio_ctx]` -> audio features `[n_audio_ctx][n_audio_state]`.
+    pub fn encode(&self, mel: &[f32]) -> Result<Tensor> {
+        let c = &self.config;
+        let want = c.n_mels * c.n_frames();
+        if mel.len() != want {
+            bail!("mel has {} values, expected {} x {} = {want}", mel.len(), c.n_mels, c.n_frames());
+        }
+        if mel.iter().any(|v| !v.is_finite()) {
+            bail!("mel contains NaN or infinite values");
+        }
+        let data = self.encoder.forward(mel);
+        Ok(Tensor::new(vec![c.n_audio_ctx, c.n_audio_state], data))
+    }
+
+    /// A decoder session of `n_seq` sequences over `features` (from [`CpuModel::encode`]). The
+    /// cross-attention keys and values of every layer are computed once, here; each sequence
+    /// keeps its own self-attention KV cache of `n_text_ctx` positions.
+    pub fn session(&self, features: &Tensor, n_seq: usize) -> Result<CpuSession<'_>> {
+        self.decoder.session(features, n_seq)
+    }
+}
