@@ -17,5 +17,6 @@ pub mod checkpoint;
 pub mod cli;
 pub mod decoding;
 pub mod model;
+pub mod paths;
 pub mod text;
 pub mod transcribe;
