@@ -527,3 +527,65 @@ fn output_is_replaced_only_when_it_is_a_model_dir() {
     assert!(err.to_string().contains("already a whisper-trt model"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The restricted unpickler on hostile or damaged input: errors, never panics or crashes.
+
+fn fixture_pickle() -> Vec<u8> {
+    use std::io::Read;
+    let file = std::fs::File::open(fixtures().join("tiny_random_openai.pt")).unwrap();
+    let mut zip = zip::ZipArchive::new(file).unwrap();
+    let mut entry = zip.by_name("tiny_random_openai/data.pkl").unwrap();
+    let mut buf = Vec::new();
+    entry.read_to_end(&mut buf).unwrap();
+    buf
+}
+
+#[test]
+fn damaged_pickles_are_errors() {
+    use whisper_trt::checkpoint::pickle::load;
+    let pkl = fixture_pickle();
+    let root = load(&pkl, "fixture").unwrap();
+    assert_eq!(root.get("model_state_dict").unwrap().str_items().unwrap().len(), 89);
+    for cut in 0..pkl.len() {
+        let err = load(&pkl[..cut], "cut.pkl").unwrap_err().to_string();
+        assert!(err.starts_with("cut.pkl: "), "{err}");
+    }
+    // Deterministic byte flips: any outcome but a panic.
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for _ in 0..3000 {
+        let mut bad = pkl.clone();
+        for _ in 0..3 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let i = (x % bad.len() as u64) as usize;
+            bad[i] = (x >> 32) as u8;
+        }
+        let _ = load(&bad, "flipped.pkl");
+    }
+}
+
+#[test]
+fn hostile_pickle_shapes_are_bounded() {
+    use whisper_trt::checkpoint::pickle::load;
+    // 200k nested 1-tuples: refused instead of overflowing the stack.
+    let mut deep = vec![0x80, 2, b'N'];
+    deep.extend(std::iter::repeat_n(0x85u8, 200_000));
+    deep.push(b'.');
+    let err = load(&deep, "deep.pkl").unwrap_err().to_string();
+    assert!(err.contains("nested"), "{err}");
+    // (x, x) doubled 60 times: shared, not copied (2^60 leaves otherwise).
+    let mut laughs = vec![0x80, 2, b'N'];
+    for _ in 0..60 {
+        laughs.extend([b'2', 0x86]);
+    }
+    laughs.push(b'.');
+    assert!(load(&laughs, "laughs.pkl").is_ok());
+    // A dict that contains itself.
+    let mut cyc = vec![0x80, 2, b'}', b'q', 0, b'X'];
+    cyc.extend(1u32.to_le_bytes());
+    cyc.extend([b'a', b'h', 0, b's', b'.']);
+    let v = load(&cyc, "cycle.pkl").unwrap();
+    assert!(v.get("a").is_some());
+}

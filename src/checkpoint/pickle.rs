@@ -40,22 +40,51 @@ pub enum Value {
     Int(i64),
     Float(f64),
     Str(String),
-    Tuple(Vec<Value>),
-    List(Rc<RefCell<Vec<Value>>>),
+    /// Containers are shared, as in Python: copying a value (BINGET) never deep-copies.
+    Tuple(Rc<Seq<Value>>),
+    List(Rc<RefCell<Seq<Value>>>),
     /// Dicts keep insertion order (as Python's do).
-    Dict(Rc<RefCell<Vec<(Value, Value)>>>),
+    Dict(Rc<RefCell<Seq<(Value, Value)>>>),
     Global(Global),
     /// A persistent id: ('storage', storage class, key, location, numel).
     Storage { dtype: Dtype, key: String, numel: usize },
     Tensor(TensorRef),
 }
 
+/// Container items with the nesting depth of the container (kept small, see `MAX_DEPTH`, so
+/// that dropping or walking a hostile pickle's values cannot overflow the stack).
+#[derive(Debug, Default)]
+pub struct Seq<T> {
+    pub items: Vec<T>,
+    depth: usize,
+}
+
+/// Nesting limit: a state dict needs about 5 levels.
+const MAX_DEPTH: usize = 100;
+
+impl<T> Seq<T> {
+    fn new(items: Vec<T>, depth: usize) -> Self {
+        Seq { items, depth }
+    }
+}
+
 impl Value {
+    /// Nesting depth (0 for scalars); `MAX_DEPTH + 1` if it cannot be read.
+    fn depth(&self) -> usize {
+        match self {
+            Value::Tuple(t) => t.depth,
+            Value::List(l) => l.try_borrow().map(|l| l.depth).unwrap_or(MAX_DEPTH + 1),
+            Value::Dict(d) => d.try_borrow().map(|d| d.depth).unwrap_or(MAX_DEPTH + 1),
+            _ => 0,
+        }
+    }
+
     /// The value of `key` in a dict with string keys.
     pub fn get(&self, key: &str) -> Option<Value> {
         match self {
             Value::Dict(d) => {
-                d.borrow().iter().find(|(k, _)| matches!(k, Value::Str(s) if s == key)).map(|(_, v)| v.clone())
+                let d = d.try_borrow().ok()?;
+                d.items.iter().find(|(k, _)| matches!(k, Value::Str(s) if s == key)).map(|(_, v)| v.clone())
             }
             _ => None,
         }
@@ -64,7 +93,8 @@ impl Value {
     /// (key, value) pairs of a dict with string keys.
     pub fn str_items(&self) -> Result<Vec<(String, Value)>> {
         let Value::Dict(d) = self else { bail!("expected a dict, found {}", self.kind()) };
-        d.borrow()
+        let d = d.try_borrow().map_err(|_| anyhow!("dict is being modified"))?;
+        d.items
             .iter()
             .map(|(k, v)| match k {
                 Value::Str(s) => Ok((s.clone(), v.clone())),
@@ -212,12 +242,12 @@ impl<'a> Machine<'a> {
                 }
                 b'.' => return self.pop(), // STOP
                 b'(' => self.marks.push(self.stack.len()),
-                b'}' => self.stack.push(Value::Dict(Default::default())),
-                b']' => self.stack.push(Value::List(Default::default())),
-                b')' => self.stack.push(Value::Tuple(Vec::new())),
+                b'}' => self.stack.push(Value::Dict(Rc::new(RefCell::new(Seq::new(Vec::new(), 1))))),
+                b']' => self.stack.push(Value::List(Rc::new(RefCell::new(Seq::new(Vec::new(), 1))))),
+                b')' => self.stack.push(Value::Tuple(Rc::new(Seq::new(Vec::new(), 1)))),
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::Tuple(items));
+                    self.stack.push(tuple(items)?);
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
@@ -226,16 +256,18 @@ impl<'a> Machine<'a> {
                         items.push(self.pop()?);
                     }
                     items.reverse();
-                    self.stack.push(Value::Tuple(items));
+                    self.stack.push(tuple(items)?);
                 }
                 b'l' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::List(Rc::new(RefCell::new(items))));
+                    let depth = nested_depth(items.iter())?;
+                    self.stack.push(Value::List(Rc::new(RefCell::new(Seq::new(items, depth)))));
                 }
                 b'd' => {
                     let items = self.pop_mark()?;
+                    let depth = nested_depth(items.iter())?;
                     let pairs = pairs(items)?;
-                    self.stack.push(Value::Dict(Rc::new(RefCell::new(pairs))));
+                    self.stack.push(Value::Dict(Rc::new(RefCell::new(Seq::new(pairs, depth)))));
                 }
                 b'a' => {
                     let v = self.pop()?;
@@ -385,6 +417,20 @@ fn global(module: &str, name: &str) -> R<Global> {
     })
 }
 
+/// Depth of a container holding `items`, or an error past `MAX_DEPTH`.
+fn nested_depth<'v>(items: impl Iterator<Item = &'v Value>) -> R<usize> {
+    let depth = 1 + items.map(Value::depth).max().unwrap_or(0);
+    if depth > MAX_DEPTH {
+        return bad(format!("values nested deeper than {MAX_DEPTH} levels"));
+    }
+    Ok(depth)
+}
+
+fn tuple(items: Vec<Value>) -> R<Value> {
+    let depth = nested_depth(items.iter())?;
+    Ok(Value::Tuple(Rc::new(Seq::new(items, depth))))
+}
+
 fn pairs(items: Vec<Value>) -> R<Vec<(Value, Value)>> {
     if items.len() % 2 != 0 {
         return bad("odd number of items for a dict");
@@ -400,7 +446,11 @@ fn pairs(items: Vec<Value>) -> R<Vec<(Value, Value)>> {
 fn append(target: &mut Value, items: Vec<Value>) -> R<()> {
     match target {
         Value::List(l) => {
-            l.borrow_mut().extend(items);
+            // Depths are read before borrowing: an item may be this very list.
+            let depth = nested_depth(items.iter())?;
+            let Ok(mut l) = l.try_borrow_mut() else { return bad("list is in use") };
+            l.depth = l.depth.max(depth);
+            l.items.extend(items);
             Ok(())
         }
         other => bad(format!("APPEND to a {}", other.kind())),
@@ -409,7 +459,11 @@ fn append(target: &mut Value, items: Vec<Value>) -> R<()> {
 
 fn set_items(target: &mut Value, items: Vec<(Value, Value)>) -> R<()> {
     let Value::Dict(d) = target else { return bad(format!("SETITEM on a {}", target.kind())) };
-    let mut d = d.borrow_mut();
+    // Depths are read before borrowing: a value may be this very dict.
+    let depth = nested_depth(items.iter().flat_map(|(k, v)| [k, v]))?;
+    let Ok(mut d) = d.try_borrow_mut() else { return bad("dict is in use") };
+    d.depth = d.depth.max(depth);
+    let d = &mut d.items;
     for (k, v) in items {
         // Python semantics: a repeated key replaces the value in place.
         let existing = match &k {
@@ -434,15 +488,15 @@ fn as_usize(v: &Value, what: &str) -> R<usize> {
 
 fn usize_tuple(v: &Value, what: &str) -> R<Vec<usize>> {
     match v {
-        Value::Tuple(items) => items.iter().map(|i| as_usize(i, what)).collect(),
+        Value::Tuple(t) => t.items.iter().map(|i| as_usize(i, what)).collect(),
         other => bad(format!("{what}: expected a tuple, found {}", other.kind())),
     }
 }
 
 /// `('storage', <storage class>, key, location, numel)`
 fn persistent_load(pid: Value) -> R<Value> {
-    let Value::Tuple(items) = pid else { return bad(format!("persistent id is a {}", pid.kind())) };
-    match items.as_slice() {
+    let Value::Tuple(t) = pid else { return bad(format!("persistent id is a {}", pid.kind())) };
+    match t.items.as_slice() {
         [Value::Str(tag), Value::Global(Global::Storage(dtype)), Value::Str(key), _location, numel]
             if tag == "storage" =>
         {
@@ -455,8 +509,9 @@ fn persistent_load(pid: Value) -> R<Value> {
 fn reduce(callable: Value, args: Value) -> R<Value> {
     let Value::Global(g) = callable else { return bad(format!("REDUCE calls a {}", callable.kind())) };
     let Value::Tuple(args) = args else { return bad("REDUCE arguments are not a tuple") };
+    let args = &args.items;
     match g {
-        Global::OrderedDict if args.is_empty() => Ok(Value::Dict(Default::default())),
+        Global::OrderedDict if args.is_empty() => Ok(Value::Dict(Rc::new(RefCell::new(Seq::new(Vec::new(), 1))))),
         Global::RebuildTensorV2 => {
             // (storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata])
             let [Value::Storage { dtype, key, numel }, offset, size, stride, ..] = args.as_slice() else {
@@ -476,8 +531,8 @@ fn reduce(callable: Value, args: Value) -> R<Value> {
                 stride,
             }))
         }
-        Global::RebuildParameter => match args.into_iter().next() {
-            Some(t @ Value::Tensor(_)) => Ok(t),
+        Global::RebuildParameter => match args.first() {
+            Some(t @ Value::Tensor(_)) => Ok(t.clone()),
             _ => bad("_rebuild_parameter without a tensor"),
         },
         other => bad(format!("cannot call {other:?} with these arguments")),

@@ -37,6 +37,14 @@ fn build_config(ck: &Checkpoint, tokenizer_file: &Path) -> Result<ModelConfig> {
         .map_err(|e| anyhow!("{tf}: not a valid tokenizer.json: {e}"))?;
     let special = special_tokens(&tok).map_err(|e| anyhow!("{tf}: {e:#}"))?;
     let d = &ck.dims;
+    // Plausibility first, so that absurd dims from a damaged file cannot make the shape list huge.
+    let all = [
+        d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_vocab, d.n_text_ctx, d.n_text_state,
+        d.n_text_head,
+    ];
+    if all.iter().any(|&x| x > 1 << 20) || d.n_audio_layer.saturating_add(d.n_text_layer) > ck.tensors.len().max(1) {
+        bail!("{}: implausible model dimensions {d:?}", ck.weights_file.display());
+    }
     let n_tokens = tok.get_vocab_size(true);
     if n_tokens > d.n_vocab {
         bail!(
