@@ -88,7 +88,10 @@ fn dims(c: &ModelConfig) -> [usize; 10] {
 }
 
 fn f16s(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+    bytes
+        .chunks_exact(2)
+        .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+        .collect()
 }
 
 /// Fixture dims from data/fixtures/README.txt.
@@ -111,9 +114,19 @@ fn pt_and_hf_fixtures_convert_to_identical_tensors() {
     assert_eq!(c1.source_format, "openai-pt");
     assert_eq!(c2.source_format, "huggingface");
     assert!(!c1.multilingual);
-    assert_eq!((c1.special_tokens.eot, c1.special_tokens.sot, c1.special_tokens.no_timestamps), (50256, 50257, 50362));
+    assert_eq!(
+        (
+            c1.special_tokens.eot,
+            c1.special_tokens.sot,
+            c1.special_tokens.no_timestamps
+        ),
+        (50256, 50257, 50362)
+    );
     assert_eq!(pt.tensors.len(), 89, "README: 89 tensors");
-    assert_eq!(pt.tensors.keys().collect::<Vec<_>>(), hf.tensors.keys().collect::<Vec<_>>());
+    assert_eq!(
+        pt.tensors.keys().collect::<Vec<_>>(),
+        hf.tensors.keys().collect::<Vec<_>>()
+    );
     for (name, (dtype, shape, data)) in &pt.tensors {
         let (hdtype, hshape, hdata) = &hf.tensors[name];
         assert_eq!(*dtype, Dtype::F16, "{name}");
@@ -124,11 +137,18 @@ fn pt_and_hf_fixtures_convert_to_identical_tensors() {
     let src = std::fs::read(fixtures().join("tiny_random_hf/model.safetensors")).unwrap();
     let src = SafeTensors::deserialize(&src).unwrap();
     for (hf_name, canonical) in [
-        ("model.decoder.layers.1.encoder_attn.k_proj.weight", "decoder.blocks.1.cross_attn.key.weight"),
+        (
+            "model.decoder.layers.1.encoder_attn.k_proj.weight",
+            "decoder.blocks.1.cross_attn.key.weight",
+        ),
         ("model.encoder.layers.0.fc2.weight", "encoder.blocks.0.mlp.2.weight"),
         ("model.encoder.embed_positions.weight", "encoder.positional_embedding"),
     ] {
-        assert_eq!(src.tensor(hf_name).unwrap().data(), hf.tensors[canonical].2.as_slice(), "{canonical}");
+        assert_eq!(
+            src.tensor(hf_name).unwrap().data(),
+            hf.tensors[canonical].2.as_slice(),
+            "{canonical}"
+        );
     }
 }
 
@@ -186,7 +206,11 @@ fn check_real(name: &str, want_dims: [usize; 10], multilingual: bool) -> Loaded 
     let want = sinusoids(shape[0], shape[1]);
     let got = f16s(data);
     let close = got.iter().zip(&want).filter(|(g, w)| (*g - *w).abs() <= 1e-3).count();
-    assert!(close as f64 >= 0.99 * want.len() as f64, "{name}: only {close}/{} sinusoid entries match", want.len());
+    assert!(
+        close as f64 >= 0.99 * want.len() as f64,
+        "{name}: only {close}/{} sinusoid entries match",
+        want.len()
+    );
     let _ = std::fs::remove_dir_all(&dir);
     loaded
 }
@@ -255,7 +279,12 @@ fn ct2_model_bin(vars: &mut [Ct2Var], aliases: &[(&str, &str)]) -> Vec<u8> {
 fn to_ct2_vars(t: &BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>, n_layers: usize, key_bias: f32) -> Vec<Ct2Var> {
     let get = |n: &str| t[n].2.clone();
     let shape = |n: &str| t[n].1.clone();
-    let var = |name: String, shape: Vec<usize>, data: Vec<u8>| Ct2Var { name, shape, dtype: 4, data };
+    let var = |name: String, shape: Vec<usize>, data: Vec<u8>| Ct2Var {
+        name,
+        shape,
+        dtype: 4,
+        data,
+    };
     let key_bias_bytes = |n: usize| half::f16::from_f32(key_bias).to_le_bytes().repeat(n);
     let mut v = Vec::new();
     let plain = [
@@ -320,9 +349,19 @@ fn to_ct2_vars(t: &BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>, n_layers: usi
                 v.push(var(format!("{c}/{cn}"), shape(&on), get(&on)));
             }
         }
-        v.push(Ct2Var { name: format!("{side}/num_heads"), shape: vec![], dtype: 2, data: 2i16.to_le_bytes().to_vec() });
+        v.push(Ct2Var {
+            name: format!("{side}/num_heads"),
+            shape: vec![],
+            dtype: 2,
+            data: 2i16.to_le_bytes().to_vec(),
+        });
     }
-    v.push(Ct2Var { name: "decoder/scale_embeddings".into(), shape: vec![], dtype: 1, data: vec![0] });
+    v.push(Ct2Var {
+        name: "decoder/scale_embeddings".into(),
+        shape: vec![],
+        dtype: 1,
+        data: vec![0],
+    });
     v
 }
 
@@ -330,7 +369,11 @@ fn write_ct2_dir(dir: &Path, vars: &mut [Ct2Var]) {
     std::fs::create_dir_all(dir).unwrap();
     let bin = ct2_model_bin(vars, &[("decoder/projection/weight", "decoder/embeddings/weight")]);
     std::fs::write(dir.join("model.bin"), bin).unwrap();
-    std::fs::write(dir.join("config.json"), r#"{"alignment_heads": [[1, 0], [1, 1]], "lang_ids": []}"#).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"alignment_heads": [[1, 0], [1, 1]], "lang_ids": []}"#,
+    )
+    .unwrap();
     std::fs::copy(english_tokenizer(), dir.join("tokenizer.json")).unwrap();
 }
 
@@ -339,8 +382,13 @@ fn synthetic_ct2_splits_fused_projections_exactly() {
     let dir = scratch("synthetic-ct2");
     let empty = no_vocab(&dir);
     let pt_out = dir.join("from-pt");
-    convert_with_models_dir(&fixtures().join("tiny_random_openai.pt"), &pt_out, Some(&english_tokenizer()), &empty)
-        .unwrap();
+    convert_with_models_dir(
+        &fixtures().join("tiny_random_openai.pt"),
+        &pt_out,
+        Some(&english_tokenizer()),
+        &empty,
+    )
+    .unwrap();
     let pt = load_output(&pt_out);
 
     let ct2_dir = dir.join("ct2");
@@ -350,9 +398,15 @@ fn synthetic_ct2_splits_fused_projections_exactly() {
     assert_eq!(dims(&c), FIXTURE_DIMS);
     assert_eq!(c.alignment_heads, Some(vec![[1, 0], [1, 1]]));
     let ct2 = load_output(&out);
-    assert_eq!(ct2.tensors.keys().collect::<Vec<_>>(), pt.tensors.keys().collect::<Vec<_>>());
+    assert_eq!(
+        ct2.tensors.keys().collect::<Vec<_>>(),
+        pt.tensors.keys().collect::<Vec<_>>()
+    );
     for (name, t) in &pt.tensors {
-        assert!(ct2.tensors[name] == *t, "{name}: CTranslate2 conversion differs from the .pt's");
+        assert!(
+            ct2.tensors[name] == *t,
+            "{name}: CTranslate2 conversion differs from the .pt's"
+        );
     }
 
     // A non-zero key bias cannot be dropped silently.
@@ -390,7 +444,13 @@ fn truncated_model_bin_is_an_error() {
         std::fs::copy(src.join("config.json"), ct2.join("config.json")).unwrap();
         std::fs::copy(src.join("tokenizer.json"), ct2.join("tokenizer.json")).unwrap();
         let path = ct2.join("model.bin");
-        let msg = expect_err(&ct2, &dir.join("out"), None, &no_vocab(&dir), &path.display().to_string());
+        let msg = expect_err(
+            &ct2,
+            &dir.join("out"),
+            None,
+            &no_vocab(&dir),
+            &path.display().to_string(),
+        );
         assert!(msg.contains("truncated"), "{msg}");
     }
 }
@@ -417,14 +477,33 @@ fn pickle_with_forbidden_global_is_refused() {
     pkl.extend(b"echo pwned");
     pkl.extend([0x85, b'R', b'.']);
     let pt = dir.join("evil.pt");
-    write_zip(&pt, &[("evil/data.pkl", &pkl), ("evil/byteorder", b"little"), ("evil/version", b"3\n")]);
-    let msg = expect_err(&pt, &dir.join("out"), Some(&english_tokenizer()), &no_vocab(&dir), &pt.display().to_string());
+    write_zip(
+        &pt,
+        &[
+            ("evil/data.pkl", &pkl),
+            ("evil/byteorder", b"little"),
+            ("evil/version", b"3\n"),
+        ],
+    );
+    let msg = expect_err(
+        &pt,
+        &dir.join("out"),
+        Some(&english_tokenizer()),
+        &no_vocab(&dir),
+        &pt.display().to_string(),
+    );
     assert!(msg.contains("forbidden global 'os.system'"), "{msg}");
 
     // A pickle that stops half-way is an error too.
     let bad = dir.join("bad.pt");
     write_zip(&bad, &[("bad/data.pkl", &pkl[..8]), ("bad/byteorder", b"little")]);
-    let msg = expect_err(&bad, &dir.join("out"), Some(&english_tokenizer()), &no_vocab(&dir), &bad.display().to_string());
+    let msg = expect_err(
+        &bad,
+        &dir.join("out"),
+        Some(&english_tokenizer()),
+        &no_vocab(&dir),
+        &bad.display().to_string(),
+    );
     assert!(msg.contains("pickle"), "{msg}");
 }
 
@@ -435,7 +514,13 @@ fn truncated_pt_zip_is_an_error() {
     for cut in [100usize, bytes.len() / 2, bytes.len() - 30] {
         let pt = dir.join(format!("cut-{cut}.pt"));
         std::fs::write(&pt, &bytes[..cut]).unwrap();
-        expect_err(&pt, &dir.join("out"), Some(&english_tokenizer()), &no_vocab(&dir), &pt.display().to_string());
+        expect_err(
+            &pt,
+            &dir.join("out"),
+            Some(&english_tokenizer()),
+            &no_vocab(&dir),
+            &pt.display().to_string(),
+        );
     }
 }
 
@@ -444,9 +529,18 @@ fn missing_tokenizer_says_how_to_get_one() {
     let dir = scratch("no-tokenizer");
     let hf = fixtures().join("tiny_random_hf");
     let msg = expect_err(&hf, &dir.join("out"), None, &no_vocab(&dir), &hf.display().to_string());
-    assert!(msg.contains("--tokenizer") && msg.contains("fetch-model.sh tiny.en"), "{msg}");
+    assert!(
+        msg.contains("--tokenizer") && msg.contains("fetch-model.sh tiny.en"),
+        "{msg}"
+    );
     let missing = dir.join("nope.json");
-    expect_err(&hf, &dir.join("out"), Some(&missing), &no_vocab(&dir), &missing.display().to_string());
+    expect_err(
+        &hf,
+        &dir.join("out"),
+        Some(&missing),
+        &no_vocab(&dir),
+        &missing.display().to_string(),
+    );
 }
 
 #[test]
@@ -474,7 +568,13 @@ fn wrong_shape_is_an_error() {
         .collect();
     let file = hf.join("model.safetensors");
     safetensors::tensor::serialize_to_file(views, None, &file).unwrap();
-    let msg = expect_err(&hf, &dir.join("out"), Some(&english_tokenizer()), &no_vocab(&dir), &file.display().to_string());
+    let msg = expect_err(
+        &hf,
+        &dir.join("out"),
+        Some(&english_tokenizer()),
+        &no_vocab(&dir),
+        &file.display().to_string(),
+    );
     assert!(
         msg.contains("tensor encoder.blocks.0.mlp.0.weight has shape [64, 256], expected [256, 64]"),
         "{msg}"
@@ -486,12 +586,30 @@ fn not_a_checkpoint_is_an_error() {
     let dir = scratch("not-a-checkpoint");
     let empty = dir.join("empty-dir");
     std::fs::create_dir_all(&empty).unwrap();
-    expect_err(&empty, &dir.join("out"), None, &no_vocab(&dir), &empty.display().to_string());
+    expect_err(
+        &empty,
+        &dir.join("out"),
+        None,
+        &no_vocab(&dir),
+        &empty.display().to_string(),
+    );
     let text = dir.join("notes.txt");
     std::fs::write(&text, "hello").unwrap();
-    expect_err(&text, &dir.join("out"), None, &no_vocab(&dir), &text.display().to_string());
+    expect_err(
+        &text,
+        &dir.join("out"),
+        None,
+        &no_vocab(&dir),
+        &text.display().to_string(),
+    );
     let missing = dir.join("missing");
-    expect_err(&missing, &dir.join("out"), None, &no_vocab(&dir), &missing.display().to_string());
+    expect_err(
+        &missing,
+        &dir.join("out"),
+        None,
+        &no_vocab(&dir),
+        &missing.display().to_string(),
+    );
 }
 
 #[test]

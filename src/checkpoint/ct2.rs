@@ -49,7 +49,11 @@ pub fn read(dir: &Path) -> Result<Checkpoint> {
     let bin_path = dir.join("model.bin");
     let bin = read_model_bin(&bin_path)?;
     if bin.spec != "WhisperSpec" {
-        bail!("{}: a CTranslate2 {} model, not a Whisper one (WhisperSpec)", bin_path.display(), bin.spec);
+        bail!(
+            "{}: a CTranslate2 {} model, not a Whisper one (WhisperSpec)",
+            bin_path.display(),
+            bin.spec
+        );
     }
     let config_path = dir.join("config.json");
     let alignment_heads = read_alignment_heads(&config_path)?;
@@ -76,17 +80,27 @@ fn read_alignment_heads(path: &Path) -> Result<Option<Vec<[usize; 2]>>> {
         serde_json::from_str(&text).map_err(|e| anyhow!("{}: not valid JSON: {e}", path.display()))?;
     match value.get("alignment_heads") {
         None | Some(serde_json::Value::Null) => Ok(None),
-        Some(v) => serde_json::from_value(v.clone())
-            .map(Some)
-            .map_err(|e| anyhow!("{}: alignment_heads is not a list of [layer, head]: {e}", path.display())),
+        Some(v) => serde_json::from_value(v.clone()).map(Some).map_err(|e| {
+            anyhow!(
+                "{}: alignment_heads is not a list of [layer, head]: {e}",
+                path.display()
+            )
+        }),
     }
 }
 
 /// Reads a `model.bin`, checking every length against the file size before reading it.
 pub fn read_model_bin(path: &Path) -> Result<ModelBin> {
     let file = std::fs::File::open(path).map_err(|e| anyhow!("{}: cannot open: {e}", path.display()))?;
-    let len = file.metadata().map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?.len();
-    let mut r = Reader { inner: BufReader::with_capacity(1 << 20, file), pos: 0, len };
+    let len = file
+        .metadata()
+        .map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?
+        .len();
+    let mut r = Reader {
+        inner: BufReader::with_capacity(1 << 20, file),
+        pos: 0,
+        len,
+    };
     parse(&mut r).map_err(|e| anyhow!("{}: {e:#}", path.display()))
 }
 
@@ -106,7 +120,9 @@ impl<R: Read> Reader<R> {
             );
         }
         let mut buf = vec![0u8; n as usize];
-        self.inner.read_exact(&mut buf).with_context(|| format!("read error at offset {}", self.pos))?;
+        self.inner
+            .read_exact(&mut buf)
+            .with_context(|| format!("read error at offset {}", self.pos))?;
         self.pos += n;
         Ok(buf)
     }
@@ -184,7 +200,12 @@ fn parse<R: Read>(r: &mut Reader<R>) -> Result<ModelBin> {
             .clone();
         variables.insert(alias.clone(), v);
     }
-    Ok(ModelBin { spec, revision, variables, aliases })
+    Ok(ModelBin {
+        spec,
+        revision,
+        variables,
+        aliases,
+    })
 }
 
 fn dtype_size(id: u8) -> Result<usize> {
@@ -221,10 +242,7 @@ fn scalar(v: &Variable) -> Option<i64> {
 
 /// Maps CTranslate2 variable names onto canonical names, splitting the fused projections.
 /// Returns the tensors and the (encoder, decoder) head counts when the spec stores them.
-fn to_canonical(
-    bin: ModelBin,
-    path: &Path,
-) -> Result<(BTreeMap<String, RawTensor>, (Option<usize>, Option<usize>))> {
+fn to_canonical(bin: ModelBin, path: &Path) -> Result<(BTreeMap<String, RawTensor>, (Option<usize>, Option<usize>))> {
     let file = path.display();
     let mut heads = (None, None);
     let mut out = BTreeMap::new();
@@ -345,7 +363,12 @@ fn split(
     let (prefix, param) = canonical.rsplit_once('.').unwrap_or((canonical, ""));
     let rows = raw.shape.first().copied().unwrap_or(0);
     if rows == 0 || rows % parts.len() != 0 {
-        bail!("{file}: fused variable {} has shape {:?}, not {} equal parts", raw.source_name, raw.shape, parts.len());
+        bail!(
+            "{file}: fused variable {} has shape {:?}, not {} equal parts",
+            raw.source_name,
+            raw.shape,
+            parts.len()
+        );
     }
     let part_bytes = raw.data.len() / parts.len();
     let mut shape = raw.shape.clone();
@@ -362,7 +385,10 @@ fn split(
             continue;
         }
         let name = format!("{prefix}.{part}.{param}");
-        out.insert(name, RawTensor::new(raw.dtype, shape.clone(), bytes.to_vec(), &raw.source_name)?);
+        out.insert(
+            name,
+            RawTensor::new(raw.dtype, shape.clone(), bytes.to_vec(), &raw.source_name)?,
+        );
     }
     Ok(())
 }
@@ -370,8 +396,12 @@ fn split(
 /// True if every element is +0 or -0.
 fn all_zero(dtype: Dtype, bytes: &[u8]) -> bool {
     match dtype {
-        Dtype::F32 => bytes.chunks_exact(4).all(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7fff_ffff == 0),
-        _ => bytes.chunks_exact(2).all(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7fff == 0),
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .all(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7fff_ffff == 0),
+        _ => bytes
+            .chunks_exact(2)
+            .all(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7fff == 0),
     }
 }
 

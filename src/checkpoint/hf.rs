@@ -38,7 +38,11 @@ pub fn read(dir: &Path) -> Result<Checkpoint> {
             }
             if short.ends_with("k_proj.bias") {
                 // Whisper's key projection has no bias; accept an all-zero one and drop it.
-                if raw.data.chunks_exact(super::elem_size(raw.dtype).max(1)).any(|b| !is_zero(b)) {
+                if raw
+                    .data
+                    .chunks_exact(super::elem_size(raw.dtype).max(1))
+                    .any(|b| !is_zero(b))
+                {
                     bail!("{name}: {hf_name} is a non-zero key bias; Whisper has none, refusing to drop it");
                 }
                 continue;
@@ -59,12 +63,20 @@ pub fn read(dir: &Path) -> Result<Checkpoint> {
     }
     let alignment_heads = read_alignment_heads(&dir.join("generation_config.json"))?;
     let tokenizer = Some(dir.join("tokenizer.json")).filter(|p| p.is_file());
-    Ok(Checkpoint { format: "huggingface", weights_file, dims, alignment_heads, tensors, tokenizer })
+    Ok(Checkpoint {
+        format: "huggingface",
+        weights_file,
+        dims,
+        alignment_heads,
+        tensors,
+        tokenizer,
+    })
 }
 
 fn is_zero(b: &[u8]) -> bool {
     // Little-endian float: every byte zero except possibly the sign bit of the last one.
-    b.split_last().is_some_and(|(last, rest)| last & 0x7f == 0 && rest.iter().all(|&x| x == 0))
+    b.split_last()
+        .is_some_and(|(last, rest)| last & 0x7f == 0 && rest.iter().all(|&x| x == 0))
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -86,9 +98,14 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         .with_context(|| format!("{}: no weight_map", index_path.display()))?;
     let mut files: Vec<PathBuf> = Vec::new();
     for shard in map.values() {
-        let shard = shard.as_str().with_context(|| format!("{}: bad weight_map", index_path.display()))?;
+        let shard = shard
+            .as_str()
+            .with_context(|| format!("{}: bad weight_map", index_path.display()))?;
         if shard.contains('/') || shard.contains('\\') || shard.starts_with('.') {
-            bail!("{}: shard name {shard:?} is not a plain file name", index_path.display());
+            bail!(
+                "{}: shard name {shard:?} is not a plain file name",
+                index_path.display()
+            );
         }
         let p = dir.join(shard);
         if !files.contains(&p) {
@@ -100,7 +117,10 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 fn dims(c: &Value) -> Result<Dims> {
     let get = |k: &str| -> Result<usize> {
-        c.get(k).and_then(Value::as_u64).map(|v| v as usize).with_context(|| format!("{k} is missing or not a number"))
+        c.get(k)
+            .and_then(Value::as_u64)
+            .map(|v| v as usize)
+            .with_context(|| format!("{k} is missing or not a number"))
     };
     let d_model = get("d_model")?;
     Ok(Dims {
@@ -123,9 +143,12 @@ fn read_alignment_heads(path: &Path) -> Result<Option<Vec<[usize; 2]>>> {
     }
     match read_json(path)?.get("alignment_heads") {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => serde_json::from_value(v.clone())
-            .map(Some)
-            .map_err(|e| anyhow!("{}: alignment_heads is not a list of [layer, head]: {e}", path.display())),
+        Some(v) => serde_json::from_value(v.clone()).map(Some).map_err(|e| {
+            anyhow!(
+                "{}: alignment_heads is not a list of [layer, head]: {e}",
+                path.display()
+            )
+        }),
     }
 }
 

@@ -45,7 +45,12 @@ impl RawTensor {
                 data.len()
             );
         }
-        Ok(RawTensor { dtype, shape, data, source_name: source_name.to_string() })
+        Ok(RawTensor {
+            dtype,
+            shape,
+            data,
+            source_name: source_name.to_string(),
+        })
     }
 }
 
@@ -153,11 +158,13 @@ pub fn detect(input: &Path) -> Result<Format> {
         if input.join("model.bin").is_file() {
             return Ok(Format::CTranslate2);
         }
-        let has_st = input.join("model.safetensors").is_file()
-            || input.join("model.safetensors.index.json").is_file();
+        let has_st = input.join("model.safetensors").is_file() || input.join("model.safetensors.index.json").is_file();
         if has_st && input.join("config.json").is_file() {
             if ModelConfig::load(&input.join("config.json")).is_ok() {
-                bail!("{}: already a whisper-trt model directory (nothing to convert)", input.display());
+                bail!(
+                    "{}: already a whisper-trt model directory (nothing to convert)",
+                    input.display()
+                );
             }
             return Ok(Format::HuggingFace);
         }
@@ -171,7 +178,8 @@ pub fn detect(input: &Path) -> Result<Format> {
     let n = {
         use std::io::Read;
         let mut f = std::fs::File::open(input).map_err(|e| anyhow!("{}: cannot open: {e}", input.display()))?;
-        f.read(&mut head).map_err(|e| anyhow!("{}: cannot read: {e}", input.display()))?
+        f.read(&mut head)
+            .map_err(|e| anyhow!("{}: cannot read: {e}", input.display()))?
     };
     let name = input.file_name().and_then(|n| n.to_str()).unwrap_or("");
     if n == 4 && head == *b"PK\x03\x04" {
@@ -215,8 +223,14 @@ fn find_tokenizer(
     }
     let n_vocab = checkpoint.dims.n_vocab;
     let (kind, fetch) = match n_vocab {
-        51864 => ("english", "scripts/fetch-model.sh tiny.en` (installs the English vocabulary)"),
-        51865 => ("multilingual", "scripts/fetch-model.sh base` (installs the multilingual vocabulary)"),
+        51864 => (
+            "english",
+            "scripts/fetch-model.sh tiny.en` (installs the English vocabulary)",
+        ),
+        51865 => (
+            "multilingual",
+            "scripts/fetch-model.sh base` (installs the multilingual vocabulary)",
+        ),
         51866 => bail!(
             "{}: no tokenizer.json found and no installed vocabulary fits n_vocab 51866 (large-v3); \
              pass --tokenizer with large-v3's tokenizer.json",
@@ -257,9 +271,15 @@ pub(crate) fn shape_of<'a>(
     rank: usize,
     file: &Path,
 ) -> Result<&'a [usize]> {
-    let t = tensors.get(name).with_context(|| format!("{}: missing tensor {name}", file.display()))?;
+    let t = tensors
+        .get(name)
+        .with_context(|| format!("{}: missing tensor {name}", file.display()))?;
     if t.shape.len() != rank {
-        bail!("{}: tensor {name} has shape {:?}, expected rank {rank}", file.display(), t.shape);
+        bail!(
+            "{}: tensor {name} has shape {:?}, expected rank {rank}",
+            file.display(),
+            t.shape
+        );
     }
     Ok(&t.shape)
 }

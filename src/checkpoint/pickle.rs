@@ -47,7 +47,11 @@ pub enum Value {
     Dict(Rc<RefCell<Seq<(Value, Value)>>>),
     Global(Global),
     /// A persistent id: ('storage', storage class, key, location, numel).
-    Storage { dtype: Dtype, key: String, numel: usize },
+    Storage {
+        dtype: Dtype,
+        key: String,
+        numel: usize,
+    },
     Tensor(TensorRef),
 }
 
@@ -84,7 +88,10 @@ impl Value {
         match self {
             Value::Dict(d) => {
                 let d = d.try_borrow().ok()?;
-                d.items.iter().find(|(k, _)| matches!(k, Value::Str(s) if s == key)).map(|(_, v)| v.clone())
+                d.items
+                    .iter()
+                    .find(|(k, _)| matches!(k, Value::Str(s) if s == key))
+                    .map(|(_, v)| v.clone())
             }
             _ => None,
         }
@@ -92,7 +99,9 @@ impl Value {
 
     /// (key, value) pairs of a dict with string keys.
     pub fn str_items(&self) -> Result<Vec<(String, Value)>> {
-        let Value::Dict(d) = self else { bail!("expected a dict, found {}", self.kind()) };
+        let Value::Dict(d) = self else {
+            bail!("expected a dict, found {}", self.kind())
+        };
         let d = d.try_borrow().map_err(|_| anyhow!("dict is being modified"))?;
         d.items
             .iter()
@@ -122,7 +131,13 @@ impl Value {
 
 /// Unpickles `data`. Every error message starts with `origin` (the file it came from).
 pub fn load(data: &[u8], origin: &str) -> Result<Value> {
-    let mut m = Machine { data, pos: 0, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new() };
+    let mut m = Machine {
+        data,
+        pos: 0,
+        stack: Vec::new(),
+        marks: Vec::new(),
+        memo: HashMap::new(),
+    };
     m.run().map_err(|e| match e {
         Error::Forbidden(name) => anyhow!(
             "{origin}: pickle asks for forbidden global '{name}'; refusing to load (only PyTorch state dicts are supported)"
@@ -158,7 +173,11 @@ impl<'a> Machine<'a> {
                 self.pos += n;
                 Ok(s)
             }
-            None => bad(format!("truncated: needs {n} bytes at offset {} of {}", self.pos, data.len())),
+            None => bad(format!(
+                "truncated: needs {n} bytes at offset {} of {}",
+                self.pos,
+                data.len()
+            )),
         }
     }
     fn arr<const N: usize>(&mut self) -> R<[u8; N]> {
@@ -185,7 +204,9 @@ impl<'a> Machine<'a> {
         }
     }
     fn pop_mark(&mut self) -> R<Vec<Value>> {
-        let Some(m) = self.marks.pop() else { return bad(format!("no MARK at offset {}", self.pos)) };
+        let Some(m) = self.marks.pop() else {
+            return bad(format!("no MARK at offset {}", self.pos));
+        };
         if m > self.stack.len() {
             return bad("corrupt MARK");
         }
@@ -242,8 +263,12 @@ impl<'a> Machine<'a> {
                 }
                 b'.' => return self.pop(), // STOP
                 b'(' => self.marks.push(self.stack.len()),
-                b'}' => self.stack.push(Value::Dict(Rc::new(RefCell::new(Seq::new(Vec::new(), 1))))),
-                b']' => self.stack.push(Value::List(Rc::new(RefCell::new(Seq::new(Vec::new(), 1))))),
+                b'}' => self
+                    .stack
+                    .push(Value::Dict(Rc::new(RefCell::new(Seq::new(Vec::new(), 1))))),
+                b']' => self
+                    .stack
+                    .push(Value::List(Rc::new(RefCell::new(Seq::new(Vec::new(), 1))))),
                 b')' => self.stack.push(Value::Tuple(Rc::new(Seq::new(Vec::new(), 1)))),
                 b't' => {
                     let items = self.pop_mark()?;
@@ -261,13 +286,15 @@ impl<'a> Machine<'a> {
                 b'l' => {
                     let items = self.pop_mark()?;
                     let depth = nested_depth(items.iter())?;
-                    self.stack.push(Value::List(Rc::new(RefCell::new(Seq::new(items, depth)))));
+                    self.stack
+                        .push(Value::List(Rc::new(RefCell::new(Seq::new(items, depth)))));
                 }
                 b'd' => {
                     let items = self.pop_mark()?;
                     let depth = nested_depth(items.iter())?;
                     let pairs = pairs(items)?;
-                    self.stack.push(Value::Dict(Rc::new(RefCell::new(Seq::new(pairs, depth)))));
+                    self.stack
+                        .push(Value::Dict(Rc::new(RefCell::new(Seq::new(pairs, depth)))));
                 }
                 b'a' => {
                     let v = self.pop()?;
@@ -448,7 +475,9 @@ fn append(target: &mut Value, items: Vec<Value>) -> R<()> {
         Value::List(l) => {
             // Depths are read before borrowing: an item may be this very list.
             let depth = nested_depth(items.iter())?;
-            let Ok(mut l) = l.try_borrow_mut() else { return bad("list is in use") };
+            let Ok(mut l) = l.try_borrow_mut() else {
+                return bad("list is in use");
+            };
             l.depth = l.depth.max(depth);
             l.items.extend(items);
             Ok(())
@@ -458,10 +487,14 @@ fn append(target: &mut Value, items: Vec<Value>) -> R<()> {
 }
 
 fn set_items(target: &mut Value, items: Vec<(Value, Value)>) -> R<()> {
-    let Value::Dict(d) = target else { return bad(format!("SETITEM on a {}", target.kind())) };
+    let Value::Dict(d) = target else {
+        return bad(format!("SETITEM on a {}", target.kind()));
+    };
     // Depths are read before borrowing: a value may be this very dict.
     let depth = nested_depth(items.iter().flat_map(|(k, v)| [k, v]))?;
-    let Ok(mut d) = d.try_borrow_mut() else { return bad("dict is in use") };
+    let Ok(mut d) = d.try_borrow_mut() else {
+        return bad("dict is in use");
+    };
     d.depth = d.depth.max(depth);
     let d = &mut d.items;
     for (k, v) in items {
@@ -495,20 +528,30 @@ fn usize_tuple(v: &Value, what: &str) -> R<Vec<usize>> {
 
 /// `('storage', <storage class>, key, location, numel)`
 fn persistent_load(pid: Value) -> R<Value> {
-    let Value::Tuple(t) = pid else { return bad(format!("persistent id is a {}", pid.kind())) };
+    let Value::Tuple(t) = pid else {
+        return bad(format!("persistent id is a {}", pid.kind()));
+    };
     match t.items.as_slice() {
         [Value::Str(tag), Value::Global(Global::Storage(dtype)), Value::Str(key), _location, numel]
             if tag == "storage" =>
         {
-            Ok(Value::Storage { dtype: *dtype, key: key.clone(), numel: as_usize(numel, "storage size")? })
+            Ok(Value::Storage {
+                dtype: *dtype,
+                key: key.clone(),
+                numel: as_usize(numel, "storage size")?,
+            })
         }
         _ => bad("unsupported persistent id (expected ('storage', torch.<T>Storage, key, location, numel))"),
     }
 }
 
 fn reduce(callable: Value, args: Value) -> R<Value> {
-    let Value::Global(g) = callable else { return bad(format!("REDUCE calls a {}", callable.kind())) };
-    let Value::Tuple(args) = args else { return bad("REDUCE arguments are not a tuple") };
+    let Value::Global(g) = callable else {
+        return bad(format!("REDUCE calls a {}", callable.kind()));
+    };
+    let Value::Tuple(args) = args else {
+        return bad("REDUCE arguments are not a tuple");
+    };
     let args = &args.items;
     match g {
         Global::OrderedDict if args.is_empty() => Ok(Value::Dict(Rc::new(RefCell::new(Seq::new(Vec::new(), 1))))),

@@ -24,25 +24,34 @@ pub fn read(path: &Path) -> Result<Checkpoint> {
 
     if let Ok(order) = read_entry(&mut zip, &format!("{prefix}byteorder"), &file_name) {
         if order.trim_ascii() != b"little" {
-            bail!("{file_name}: big-endian checkpoint (byteorder {:?}); only little-endian is supported",
-                String::from_utf8_lossy(&order));
+            bail!(
+                "{file_name}: big-endian checkpoint (byteorder {:?}); only little-endian is supported",
+                String::from_utf8_lossy(&order)
+            );
         }
     }
     let pkl = read_entry(&mut zip, &pkl_name, &file_name)?;
     let root = pickle::load(&pkl, &format!("{file_name} ({pkl_name})"))?;
 
-    let dims = root.get("dims").with_context(|| format!("{file_name}: no 'dims' in the checkpoint"))?;
+    let dims = root
+        .get("dims")
+        .with_context(|| format!("{file_name}: no 'dims' in the checkpoint"))?;
     let dims = read_dims(&dims).map_err(|e| anyhow!("{file_name}: bad 'dims': {e:#}"))?;
     let state = root
         .get("model_state_dict")
         .with_context(|| format!("{file_name}: no 'model_state_dict' in the checkpoint"))?;
-    let items = state.str_items().map_err(|e| anyhow!("{file_name}: bad model_state_dict: {e:#}"))?;
+    let items = state
+        .str_items()
+        .map_err(|e| anyhow!("{file_name}: bad model_state_dict: {e:#}"))?;
 
     let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
     let mut tensors = BTreeMap::new();
     for (name, value) in items {
         let Value::Tensor(t) = value else {
-            bail!("{file_name}: model_state_dict entry {name} is a {}, not a tensor", value.kind());
+            bail!(
+                "{file_name}: model_state_dict entry {name} is a {}, not a tensor",
+                value.kind()
+            );
         };
         if !storages.contains_key(&t.storage_key) {
             let entry = format!("{prefix}data/{}", t.storage_key);
@@ -75,7 +84,9 @@ pub fn read(path: &Path) -> Result<Checkpoint> {
 }
 
 fn read_entry(zip: &mut Archive, name: &str, file_name: &str) -> Result<Vec<u8>> {
-    let mut entry = zip.by_name(name).map_err(|e| anyhow!("{file_name}: cannot open {name} in the zip: {e}"))?;
+    let mut entry = zip
+        .by_name(name)
+        .map_err(|e| anyhow!("{file_name}: cannot open {name} in the zip: {e}"))?;
     let mut buf = Vec::with_capacity(entry.size().min(1 << 26) as usize);
     entry
         .read_to_end(&mut buf)
@@ -89,14 +100,22 @@ fn slice(t: &TensorRef, storage: &[u8]) -> Result<Vec<u8>> {
     let mut expected = 1usize;
     for (&dim, &stride) in t.shape.iter().zip(&t.stride).rev() {
         if dim != 1 && stride != expected {
-            bail!("non-contiguous tensor (shape {:?}, stride {:?}) is not supported", t.shape, t.stride);
+            bail!(
+                "non-contiguous tensor (shape {:?}, stride {:?}) is not supported",
+                t.shape,
+                t.stride
+            );
         }
         expected = expected.checked_mul(dim).context("shape overflows")?;
     }
     let numel = expected;
     let end = t.offset.checked_add(numel).context("offset overflows")?;
     if end > t.storage_numel {
-        bail!("view [{}, {end}) exceeds its storage of {} elements", t.offset, t.storage_numel);
+        bail!(
+            "view [{}, {end}) exceeds its storage of {} elements",
+            t.offset,
+            t.storage_numel
+        );
     }
     let size = super::elem_size(t.dtype);
     storage

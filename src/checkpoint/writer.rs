@@ -39,7 +39,13 @@ fn build_config(ck: &Checkpoint, tokenizer_file: &Path) -> Result<ModelConfig> {
     let d = &ck.dims;
     // Plausibility first, so that absurd dims from a damaged file cannot make the shape list huge.
     let all = [
-        d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_vocab, d.n_text_ctx, d.n_text_state,
+        d.n_mels,
+        d.n_audio_ctx,
+        d.n_audio_state,
+        d.n_audio_head,
+        d.n_vocab,
+        d.n_text_ctx,
+        d.n_text_state,
         d.n_text_head,
     ];
     if all.iter().any(|&x| x > 1 << 20) || d.n_audio_layer.saturating_add(d.n_text_layer) > ck.tensors.len().max(1) {
@@ -69,10 +75,18 @@ fn build_config(ck: &Checkpoint, tokenizer_file: &Path) -> Result<ModelConfig> {
         alignment_heads: ck.alignment_heads.clone(),
         source_format: ck.format.to_string(),
     };
-    config.validate().map_err(|e| anyhow!("{}: {e:#}", ck.weights_file.display()))?;
+    config
+        .validate()
+        .map_err(|e| anyhow!("{}: {e:#}", ck.weights_file.display()))?;
     if let Some(heads) = &config.alignment_heads {
-        if let Some(h) = heads.iter().find(|[l, h]| *l >= config.n_text_layer || *h >= config.n_text_head) {
-            bail!("{}: alignment head {h:?} is outside the decoder", ck.weights_file.display());
+        if let Some(h) = heads
+            .iter()
+            .find(|[l, h]| *l >= config.n_text_layer || *h >= config.n_text_head)
+        {
+            bail!(
+                "{}: alignment head {h:?} is outside the decoder",
+                ck.weights_file.display()
+            );
         }
     }
     Ok(config)
@@ -83,13 +97,27 @@ fn validate_tensors(ck: &Checkpoint, config: &ModelConfig) -> Result<()> {
     let file = ck.weights_file.display();
     let expected = canonical_shapes(config);
     for (name, shape) in &expected {
-        let t = ck.tensors.get(name).with_context(|| format!("{file}: missing tensor {name}"))?;
-        let stored = if t.source_name != *name { format!(" (stored as {})", t.source_name) } else { String::new() };
+        let t = ck
+            .tensors
+            .get(name)
+            .with_context(|| format!("{file}: missing tensor {name}"))?;
+        let stored = if t.source_name != *name {
+            format!(" (stored as {})", t.source_name)
+        } else {
+            String::new()
+        };
         if &t.shape != shape {
-            bail!("{file}: tensor {name} has shape {:?}, expected {:?}{stored}", t.shape, shape);
+            bail!(
+                "{file}: tensor {name} has shape {:?}, expected {:?}{stored}",
+                t.shape,
+                shape
+            );
         }
         if !matches!(t.dtype, Dtype::F16 | Dtype::F32 | Dtype::BF16) {
-            bail!("{file}: tensor {name} has dtype {:?}, expected F16, F32 or BF16{stored}", t.dtype);
+            bail!(
+                "{file}: tensor {name} has dtype {:?}, expected F16, F32 or BF16{stored}",
+                t.dtype
+            );
         }
     }
     if let Some(extra) = ck.tensors.keys().find(|k| !expected.iter().any(|(n, _)| n == *k)) {
@@ -105,8 +133,13 @@ fn write_files(ck: &Checkpoint, config: &ModelConfig, tokenizer_file: &Path, dir
         .map_err(|e| anyhow!("{}: cannot write: {e}", st_path.display()))?;
     config.save(&dir.join("config.json"))?;
     let tok_path = dir.join("tokenizer.json");
-    std::fs::copy(tokenizer_file, &tok_path)
-        .map_err(|e| anyhow!("{}: cannot copy to {}: {e}", tokenizer_file.display(), tok_path.display()))?;
+    std::fs::copy(tokenizer_file, &tok_path).map_err(|e| {
+        anyhow!(
+            "{}: cannot copy to {}: {e}",
+            tokenizer_file.display(),
+            tok_path.display()
+        )
+    })?;
     Ok(())
 }
 
@@ -171,7 +204,8 @@ fn replace(tmp: &Path, output: &Path) -> Result<()> {
     };
     std::fs::rename(tmp, output).map_err(|e| anyhow!("{out}: cannot move the new model into place: {e}"))?;
     if let Some(old) = old {
-        std::fs::remove_dir_all(&old).map_err(|e| anyhow!("{}: cannot remove the previous model: {e}", old.display()))?;
+        std::fs::remove_dir_all(&old)
+            .map_err(|e| anyhow!("{}: cannot remove the previous model: {e}", old.display()))?;
     }
     Ok(())
 }
