@@ -3,3 +3,5 @@ pub mod special;
 pub mod tokenizer;
 
 pub use tokenizer::Tokenizer;
+pub mod normalizer;
+pub mod wer;
