@@ -1,4 +1,233 @@
-//! The command line.
+//! The command line. Flags follow openai-whisper's CLI where the two overlap (its underscore
+//! spellings are accepted as aliases).
+use crate::backends::cpu::CpuModel;
+use crate::decoding::{DecodeOptions, Task};
+use crate::text::Tokenizer;
+use crate::transcribe::{Transcriber, Transcript};
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(name = "whisper-trt", version, about = "Run OpenAI Whisper: convert checkpoints and transcribe audio")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Convert a CTranslate2, OpenAI .pt or Hugging Face checkpoint into a model directory
+    Convert {
+        /// Checkpoint: a CTranslate2 or Hugging Face directory, or an OpenAI .pt file
+        input: PathBuf,
+        /// Model directory to write
+        #[arg(short, long)]
+        output: PathBuf,
+        /// tokenizer.json to use (needed for .pt checkpoints without an installed vocabulary)
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+    },
+    /// Transcribe audio files (wav, flac, mp3, ogg)
+    #[command(alias = "run")]
+    Transcribe(TranscribeArgs),
+    /// Word error rate, speed and memory on LibriSpeech-layout data
+    Eval(crate::eval::EvalArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Device {
+    Cpu,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum OutputFormat {
+    Txt,
+    Json,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct ModelArgs {
+    /// Model directory made by `whisper-trt convert` (default: the tiny.en model fetched by setup)
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Where to run the model
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: Device,
+    /// Beams for beam search; greedy decoding when not given
+    #[arg(long = "beam-size", alias = "beam_size")]
+    pub beam_size: Option<usize>,
+    /// Beam search patience (openai-whisper's --patience)
+    #[arg(long, default_value_t = 1.0)]
+    pub patience: f32,
+    /// Language code spoken in the audio (detected when not given, multilingual models only)
+    #[arg(long)]
+    pub language: Option<String>,
+    /// Transcribe, or translate into English (multilingual models only)
+    #[arg(long, value_enum, default_value = "transcribe")]
+    pub task: TaskArg,
+    /// CPU threads (default: all cores)
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum TaskArg {
+    Transcribe,
+    Translate,
+}
+
+#[derive(clap::Args)]
+struct TranscribeArgs {
+    /// Audio files
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// txt prints the text; json also gives tokens and time taken
+    #[arg(short = 'f', long = "output-format", alias = "output_format", value_enum, default_value = "txt")]
+    output_format: OutputFormat,
+    /// Write <name>.<format> for each input here instead of printing
+    #[arg(short = 'o', long = "output-dir", alias = "output_dir")]
+    output_dir: Option<PathBuf>,
+}
+
+/// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
-    0
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Convert { input, output, tokenizer } => convert(&input, &output, tokenizer.as_deref()),
+        Command::Transcribe(args) => transcribe(args),
+        Command::Eval(args) => crate::eval::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            1
+        }
+    }
+}
+
+/// An error and its causes on one line, outermost first.
+pub fn one_line(e: &anyhow::Error) -> String {
+    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+}
+
+fn convert(input: &Path, output: &Path, tokenizer: Option<&Path>) -> Result<i32> {
+    let config = crate::checkpoint::convert(input, output, tokenizer)?;
+    println!(
+        "wrote {}: {} layers x {} (encoder), {} layers x {} (decoder), vocabulary {}{}",
+        output.display(),
+        config.n_audio_layer,
+        config.n_audio_state,
+        config.n_text_layer,
+        config.n_text_state,
+        config.n_vocab,
+        if config.multilingual { ", multilingual" } else { ", English-only" }
+    );
+    Ok(0)
+}
+
+/// Loads the model and tokenizer the flags name, on the CPU backend.
+pub fn load_transcriber(args: &ModelArgs) -> Result<Transcriber<CpuModel>> {
+    if let Some(n) = args.threads {
+        // Ignore the error of a pool already built (only possible when called twice).
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global();
+    }
+    let dir = args.model.clone().unwrap_or_else(crate::paths::default_model);
+    if !dir.join("config.json").is_file() {
+        if args.model.is_none() {
+            bail!("{}: no model here; run scripts/fetch-model.sh tiny.en or pass --model DIR", dir.display());
+        }
+        bail!("{}: not a model directory (no config.json); make one with `whisper-trt convert`", dir.display());
+    }
+    let backend = match args.device {
+        Device::Cpu => CpuModel::load(&dir)?,
+    };
+    let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+    let options = DecodeOptions {
+        task: match args.task {
+            TaskArg::Transcribe => Task::Transcribe,
+            TaskArg::Translate => Task::Translate,
+        },
+        language: args.language.clone(),
+        beam_size: args.beam_size,
+        patience: args.patience,
+        ..DecodeOptions::default()
+    };
+    // Checks the options against the model once, before any audio is read.
+    if options.language.is_some() || !crate::backends::Backend::config(&backend).multilingual {
+        crate::decoding::Decoder::new(crate::backends::Backend::config(&backend), &tokenizer, &options)?;
+    }
+    Ok(Transcriber::new(backend, tokenizer, options))
+}
+
+/// A bar on a terminal, nothing in a pipe (indicatif hides itself when stderr is not a terminal).
+pub fn progress(n: usize) -> ProgressBar {
+    let bar = ProgressBar::new(n as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed_precise} eta {eta} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+fn transcribe(args: TranscribeArgs) -> Result<i32> {
+    let transcriber = load_transcriber(&args.model)?;
+    if let Some(dir) = &args.output_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create output directory", dir.display()))?;
+    }
+    let bar = progress(args.files.len());
+    let mut failures = 0;
+    for path in &args.files {
+        bar.set_message(path.display().to_string());
+        match transcriber.transcribe_file(path).and_then(|t| emit(&args, path, &t, &bar)) {
+            Ok(()) => {}
+            Err(e) => {
+                failures += 1;
+                bar.suspend(|| eprintln!("error: {}", one_line(&e)));
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(if failures > 0 { 1 } else { 0 })
+}
+
+#[derive(serde::Serialize)]
+struct JsonOut<'a> {
+    file: String,
+    #[serde(flatten)]
+    transcript: &'a Transcript,
+}
+
+fn emit(args: &TranscribeArgs, path: &Path, t: &Transcript, bar: &ProgressBar) -> Result<()> {
+    let body = match args.output_format {
+        OutputFormat::Txt => format!("{}\n", t.text.trim()),
+        OutputFormat::Json => {
+            serde_json::to_string(&JsonOut { file: path.display().to_string(), transcript: t })? + "\n"
+        }
+    };
+    match &args.output_dir {
+        None => bar.suspend(|| {
+            let mut out = std::io::stdout().lock();
+            out.write_all(body.as_bytes()).and_then(|_| out.flush())
+        })?,
+        Some(dir) => {
+            let ext = if args.output_format == OutputFormat::Json { "json" } else { "txt" };
+            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "audio".into());
+            write_atomic(&dir.join(format!("{stem}.{ext}")), body.as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes through a temporary file and a rename, so a failure never leaves a complete-looking file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))
 }

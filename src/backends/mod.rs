@@ -1,2 +1,35 @@
 //! Compute backends. `cpu` is the f32 reference every other backend is checked against.
 pub mod cpu;
+
+use crate::decoding::DecoderSession;
+use crate::model::ModelConfig;
+use anyhow::Result;
+
+/// What the transcription pipeline needs from a backend.
+pub trait Backend {
+    /// Encoder output of one window, kept wherever the backend keeps it.
+    type Features;
+    fn config(&self) -> &ModelConfig;
+    /// Short name for messages ("cpu").
+    fn name(&self) -> &'static str;
+    /// `mel`: row-major `[n_mels][2 * n_audio_ctx]`.
+    fn encode(&self, mel: &[f32]) -> Result<Self::Features>;
+    /// A decoder session of `n_seq` sequences over `features`.
+    fn session<'a>(&'a self, features: &'a Self::Features, n_seq: usize) -> Result<Box<dyn DecoderSession + 'a>>;
+}
+
+impl Backend for cpu::CpuModel {
+    type Features = crate::model::Tensor;
+    fn config(&self) -> &ModelConfig {
+        cpu::CpuModel::config(self)
+    }
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+    fn encode(&self, mel: &[f32]) -> Result<Self::Features> {
+        cpu::CpuModel::encode(self, mel)
+    }
+    fn session<'a>(&'a self, features: &'a Self::Features, n_seq: usize) -> Result<Box<dyn DecoderSession + 'a>> {
+        Ok(Box::new(cpu::CpuModel::session(self, features, n_seq)?))
+    }
+}
