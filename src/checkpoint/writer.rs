@@ -140,6 +140,14 @@ fn write_files(ck: &Checkpoint, config: &ModelConfig, tokenizer_file: &Path, dir
             tok_path.display()
         )
     })?;
+    // serialize_to_file goes through a private (0600) temporary and copy keeps the source's mode:
+    // make both ordinary readable files, like config.json.
+    #[cfg(unix)]
+    for path in [&st_path, &tok_path] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| anyhow!("{}: cannot set permissions: {e}", path.display()))?;
+    }
     Ok(())
 }
 
