@@ -242,7 +242,10 @@ fn scalar(v: &Variable) -> Option<i64> {
 
 /// Maps CTranslate2 variable names onto canonical names, splitting the fused projections.
 /// Returns the tensors and the (encoder, decoder) head counts when the spec stores them.
-fn to_canonical(bin: ModelBin, path: &Path) -> Result<(BTreeMap<String, RawTensor>, (Option<usize>, Option<usize>))> {
+/// (encoder, decoder) attention heads, when the spec stores them.
+type Heads = (Option<usize>, Option<usize>);
+
+fn to_canonical(bin: ModelBin, path: &Path) -> Result<(BTreeMap<String, RawTensor>, Heads)> {
     let file = path.display();
     let mut heads = (None, None);
     let mut out = BTreeMap::new();
@@ -407,7 +410,7 @@ fn all_zero(dtype: Dtype, bytes: &[u8]) -> bool {
 
 /// Dimensions from the tensor shapes; head counts from the spec (else n_state / 64, which holds
 /// for every official Whisper size).
-fn dims(t: &BTreeMap<String, RawTensor>, heads: (Option<usize>, Option<usize>), path: &Path) -> Result<Dims> {
+fn dims(t: &BTreeMap<String, RawTensor>, heads: Heads, path: &Path) -> Result<Dims> {
     let conv1 = shape_of(t, "encoder.conv1.weight", 3, path)?;
     let (n_audio_state, n_mels) = (conv1[0], conv1[1]);
     let n_audio_ctx = shape_of(t, "encoder.positional_embedding", 2, path)?[0];

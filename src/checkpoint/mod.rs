@@ -32,7 +32,7 @@ pub struct RawTensor {
 impl RawTensor {
     /// Checks that `data` holds exactly `shape` elements of `dtype`.
     pub fn new(dtype: Dtype, shape: Vec<usize>, data: Vec<u8>, source_name: &str) -> Result<Self> {
-        if dtype.bitsize() % 8 != 0 || dtype.bitsize() == 0 {
+        if !dtype.bitsize().is_multiple_of(8) || dtype.bitsize() == 0 {
             bail!("tensor {source_name}: unsupported dtype {dtype:?}");
         }
         let expected = shape
