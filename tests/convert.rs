@@ -47,6 +47,15 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// Removes a scratch directory when the test ends.
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// An empty models dir: no installed vocabularies.
 fn no_vocab(dir: &Path) -> PathBuf {
     let m = dir.join("empty-models");
@@ -100,6 +109,7 @@ const FIXTURE_DIMS: [usize; 10] = [80, 1500, 64, 2, 2, 51864, 448, 64, 2, 2];
 #[test]
 fn pt_and_hf_fixtures_convert_to_identical_tensors() {
     let dir = scratch("fixtures");
+    let _cleanup = Cleanup(dir.clone());
     let empty = no_vocab(&dir);
     let tok = english_tokenizer();
     let pt_out = dir.join("from-pt");
@@ -155,6 +165,7 @@ fn pt_and_hf_fixtures_convert_to_identical_tensors() {
 #[test]
 fn installed_vocabulary_is_found_by_n_vocab() {
     let dir = scratch("vocab");
+    let _cleanup = Cleanup(dir.clone());
     let models = dir.join("models");
     std::fs::create_dir_all(models.join("vocab/english")).unwrap();
     std::fs::copy(english_tokenizer(), models.join("vocab/english/tokenizer.json")).unwrap();
@@ -185,6 +196,7 @@ fn sinusoids(length: usize, channels: usize) -> Vec<f32> {
 fn check_real(name: &str, want_dims: [usize; 10], multilingual: bool) -> Loaded {
     let src = real_model(name);
     let dir = scratch(&format!("real-{name}"));
+    let _cleanup = Cleanup(dir.clone());
     let out = dir.join(name);
     let c = convert_with_models_dir(&src, &out, None, &no_vocab(&dir)).unwrap();
     let loaded = load_output(&out);
@@ -211,7 +223,6 @@ fn check_real(name: &str, want_dims: [usize; 10], multilingual: bool) -> Loaded 
         "{name}: only {close}/{} sinusoid entries match",
         want.len()
     );
-    let _ = std::fs::remove_dir_all(&dir);
     loaded
 }
 
@@ -380,6 +391,7 @@ fn write_ct2_dir(dir: &Path, vars: &mut [Ct2Var]) {
 #[test]
 fn synthetic_ct2_splits_fused_projections_exactly() {
     let dir = scratch("synthetic-ct2");
+    let _cleanup = Cleanup(dir.clone());
     let empty = no_vocab(&dir);
     let pt_out = dir.join("from-pt");
     convert_with_models_dir(
@@ -416,7 +428,6 @@ fn synthetic_ct2_splits_fused_projections_exactly() {
     let msg = format!("{err:#}");
     assert!(msg.contains("key bias") && msg.contains("model.bin"), "{msg}");
     assert!(!dir.join("bad-out").exists());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -435,6 +446,7 @@ fn expect_err(input: &Path, out: &Path, tokenizer: Option<&Path>, models: &Path,
 #[test]
 fn truncated_model_bin_is_an_error() {
     let dir = scratch("truncated-bin");
+    let _cleanup = Cleanup(dir.clone());
     let src = real_model("tiny.en");
     let bin = std::fs::read(src.join("model.bin")).unwrap();
     for cut in [3usize, 40, 1_000_000, bin.len() - 1] {
@@ -469,6 +481,7 @@ fn write_zip(path: &Path, entries: &[(&str, &[u8])]) {
 #[test]
 fn pickle_with_forbidden_global_is_refused() {
     let dir = scratch("evil-pt");
+    let _cleanup = Cleanup(dir.clone());
     // PROTO 2; GLOBAL os.system; BINUNICODE "echo pwned"; TUPLE1; REDUCE; STOP
     let mut pkl = vec![0x80, 2];
     pkl.extend(b"cos\nsystem\n");
@@ -510,6 +523,7 @@ fn pickle_with_forbidden_global_is_refused() {
 #[test]
 fn truncated_pt_zip_is_an_error() {
     let dir = scratch("truncated-pt");
+    let _cleanup = Cleanup(dir.clone());
     let bytes = std::fs::read(fixtures().join("tiny_random_openai.pt")).unwrap();
     for cut in [100usize, bytes.len() / 2, bytes.len() - 30] {
         let pt = dir.join(format!("cut-{cut}.pt"));
@@ -527,6 +541,7 @@ fn truncated_pt_zip_is_an_error() {
 #[test]
 fn missing_tokenizer_says_how_to_get_one() {
     let dir = scratch("no-tokenizer");
+    let _cleanup = Cleanup(dir.clone());
     let hf = fixtures().join("tiny_random_hf");
     let msg = expect_err(&hf, &dir.join("out"), None, &no_vocab(&dir), &hf.display().to_string());
     assert!(
@@ -546,6 +561,7 @@ fn missing_tokenizer_says_how_to_get_one() {
 #[test]
 fn wrong_shape_is_an_error() {
     let dir = scratch("wrong-shape");
+    let _cleanup = Cleanup(dir.clone());
     let src = fixtures().join("tiny_random_hf");
     let hf = dir.join("hf");
     std::fs::create_dir_all(&hf).unwrap();
@@ -584,6 +600,7 @@ fn wrong_shape_is_an_error() {
 #[test]
 fn not_a_checkpoint_is_an_error() {
     let dir = scratch("not-a-checkpoint");
+    let _cleanup = Cleanup(dir.clone());
     let empty = dir.join("empty-dir");
     std::fs::create_dir_all(&empty).unwrap();
     expect_err(
@@ -615,6 +632,7 @@ fn not_a_checkpoint_is_an_error() {
 #[test]
 fn output_is_replaced_only_when_it_is_a_model_dir() {
     let dir = scratch("output");
+    let _cleanup = Cleanup(dir.clone());
     let hf = fixtures().join("tiny_random_hf");
     let tok = english_tokenizer();
     let models = no_vocab(&dir);
@@ -643,7 +661,6 @@ fn output_is_replaced_only_when_it_is_a_model_dir() {
     // A canonical model directory is not an input.
     let err = convert_with_models_dir(&out, &dir.join("again"), Some(&tok), &models).unwrap_err();
     assert!(err.to_string().contains("already a whisper-trt model"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ---------------------------------------------------------------------------------------------
