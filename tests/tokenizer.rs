@@ -20,6 +20,9 @@ fn english_suppress_tokens_match_openai_whisper() {
     let s = &tok.special;
     assert_eq!((s.eot, s.sot, s.no_timestamps, s.timestamp_begin), (50256, 50257, 50362, 50363));
     assert_eq!((s.translate, s.transcribe, s.sot_lm, s.sot_prev, s.no_speech), (50357, 50358, 50359, 50360, 50361));
+    // 99 languages; this vocabulary spells Hebrew <|iw|>.
+    assert_eq!(s.languages.len(), 99);
+    assert_eq!(tok.language_token("he"), Some(50278));
     let mut ours = tok.non_speech_tokens().unwrap();
     ours.extend([s.transcribe, s.translate, s.sot, s.sot_prev, s.sot_lm, s.no_speech]);
     ours.sort();
@@ -36,6 +39,7 @@ fn multilingual_suppress_tokens_match_ct2_config() {
     let s = &tok.special;
     assert_eq!((s.eot, s.sot, s.no_timestamps, s.timestamp_begin), (50257, 50258, 50363, 50364));
     assert_eq!(tok.language_token("en"), Some(50259));
+    assert_eq!(s.languages.len(), 99);
     let mut ours = tok.non_speech_tokens().unwrap();
     ours.extend([s.transcribe, s.translate, s.sot, s.sot_prev, s.sot_lm, s.no_speech]);
     ours.sort();

@@ -27,9 +27,11 @@ pub fn special_tokens(tok: &tokenizers::Tokenizer) -> Result<SpecialTokens> {
     if timestamp_begin != no_timestamps + 1 {
         return Err(anyhow!("<|0.00|> is not right after <|notimestamps|>"));
     }
+    // Some older vocabularies spell Hebrew with its old code, <|iw|>.
+    let language_id = |code: &str| id(&format!("<|{code}|>")).or_else(|| (code == "he").then(|| id("<|iw|>")).flatten());
     let languages = LANGUAGE_CODES
         .iter()
-        .filter_map(|code| id(&format!("<|{code}|>")).map(|i| (code.to_string(), i)))
+        .filter_map(|code| language_id(code).map(|i| (code.to_string(), i)))
         .collect();
     Ok(SpecialTokens {
         eot: need("<|endoftext|>")?,
