@@ -1,9 +1,9 @@
 //! Multi-head scaled dot-product attention on strided views (heads are column blocks).
-use super::ops::{matmul_on, matmul_ptr, softmax_inplace, SharedMut, View};
+use super::ops::{matmul_on, matmul_ptr, softmax_unnormalized, SharedMut, View};
 use rayon::prelude::*;
 
-/// Query rows per task: a 64 x 1500 score block (384 KB) stays in L2.
-const Q_BLOCK: usize = 64;
+/// Query rows per task: a 128 x 1500 score block (750 KB) stays in L2.
+const Q_BLOCK: usize = 128;
 
 /// For every head `h` (columns `h*dh..(h+1)*dh` of `q`, `k`, `v`) and query row `r`:
 /// `out[r][h*dh..] = softmax(q_h[r] · k_hᵀ) · v_h`. The query scale (d_head^-1/2) is already
@@ -28,9 +28,11 @@ pub fn attention(q: View, k: View, v: View, n_head: usize, causal: Option<usize>
         let mut scores = vec![0.0f32; rows * len];
         let qh = q.rows(r0, rows).cols(h * dh, dh);
         matmul_on(&mut scores, len, qh, k.cols(h * dh, dh).t(), false, false);
+        // Unnormalised probabilities; each output row is divided by its sum after P·V.
+        let mut inv_sums = vec![0.0f32; rows];
         for (i, row) in scores.chunks_exact_mut(len).enumerate() {
             let visible = causal.map_or(len, |offset| offset + r0 + i + 1);
-            softmax_inplace(&mut row[..visible]);
+            inv_sums[i] = 1.0 / softmax_unnormalized(&mut row[..visible]);
             row[visible..].fill(0.0);
         }
         let p = View::new(&scores, rows, len);
@@ -41,6 +43,9 @@ pub fn attention(q: View, k: View, v: View, n_head: usize, causal: Option<usize>
         unsafe {
             let d = SharedMut(base.0.add(start));
             matmul_ptr(d, out_len - start, n, p, v.cols(h * dh, dh), false, false);
+            for (i, inv) in inv_sums.iter().enumerate() {
+                std::slice::from_raw_parts_mut(d.0.add(i * n), dh).iter_mut().for_each(|v| *v *= inv);
+            }
         }
     };
     if parallel {

@@ -3,6 +3,7 @@
 //!
 //! Shapes here are internal invariants checked by the callers (the model code validates every
 //! input first), so a violated bound is a bug and panics via `assert!` rather than corrupting memory.
+use super::skinny::{self, skinny_matmul};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -61,6 +62,10 @@ unsafe impl Sync for SharedMut {}
 const PAR_MIN_WORK: usize = 1 << 17;
 /// From this many rows on, gemm parallelises itself; below, we split the columns.
 const GEMM_PAR_MIN_ROWS: usize = 64;
+/// Up to this many rows, a product with a row-major weight runs on the skinny kernel.
+const SKINNY_MAX_ROWS: usize = 8;
+/// The skinny kernel spreads over threads from this many weights on.
+const SKINNY_PAR_MIN_WEIGHTS: usize = 1 << 18;
 
 /// `dst[m][n] (+)= a · b` with `dst` row-major of row stride `dst_rs` (column stride 1).
 /// `accumulate` adds to what `dst` holds (bias or residual), otherwise overwrites it.
@@ -107,14 +112,18 @@ pub unsafe fn matmul_ptr(
         return;
     }
     let work = m * n * k;
-    let threads = rayon::current_num_threads();
-    if !allow_par || work < PAR_MIN_WORK || threads == 1 {
+    let threads = if allow_par { rayon::current_num_threads() } else { 1 };
+    if m <= SKINNY_MAX_ROWS && a.cs == 1 && b.rs == 1 && skinny::available() {
+        // Decoder steps: few rows against a (large) weight matrix; see `skinny`.
+        // Threads only pay off for weights of a MB or more (rayon's hand-off costs microseconds).
+        let parallel = threads > 1 && n * k >= SKINNY_PAR_MIN_WEIGHTS;
+        skinny_matmul(dst, dst_len, dst_rs, a.data, a.rs, b.data, b.cs, m, n, k, accumulate, parallel);
+    } else if work < PAR_MIN_WORK || threads == 1 {
         gemm_raw(m, n, k, dst.0, dst_rs, a, b, 0, accumulate, Parallelism::None);
     } else if m >= GEMM_PAR_MIN_ROWS {
         gemm_raw(m, n, k, dst.0, dst_rs, a, b, 0, accumulate, Parallelism::Rayon(0));
     } else {
-        // Few rows (decoder steps): gemm would run a single-threaded GEMV, so split the output
-        // columns (= weight rows) across threads; each thread streams its own part of the weights.
+        // Few rows: gemm would run on one thread, so split the output columns across threads.
         let chunk = n.div_ceil(threads * 4).next_multiple_of(16).max(16);
         (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
             let c0 = c * chunk;
@@ -255,18 +264,82 @@ pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-/// Softmax of a row in place (f32, max subtracted first).
+/// Runs `$body` compiled for AVX2 when the CPU has it (checked once, cached by std), else for
+/// the baseline target: the elementwise loops below then auto-vectorise 8 lanes wide.
+macro_rules! simd_dispatch {
+    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $t:ty),*) -> $ret:ty $body:block) => {
+        $(#[$attr])*
+        $vis fn $name($($arg: $t),*) -> $ret {
+            #[inline(always)]
+            fn generic($($arg: $t),*) -> $ret $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $t),*) -> $ret {
+                    generic($($arg),*)
+                }
+                if std::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            generic($($arg),*)
+        }
+    };
+}
+
+/// e^x for x in about [-87, 88] (clamped), branch-free so that loops over it vectorise.
+/// Cephes' expf: range reduction by ln 2 in two parts and a degree-6 polynomial, ~1 ulp.
+#[inline(always)]
+fn exp_approx(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const ROUND: f32 = 12582912.0; // 1.5 * 2^23: adding and subtracting it rounds to an integer
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * 0.693359375 - n * -2.12194440e-4;
+    let mut y = 1.9875691500e-4f32;
+    y = y * r + 1.3981999507e-3;
+    y = y * r + 8.3334519073e-3;
+    y = y * r + 4.1665795894e-2;
+    y = y * r + 1.6666665459e-1;
+    y = y * r + 5.0000001201e-1;
+    y = y * r * r + r + 1.0;
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+simd_dispatch! {
+    /// `row[i] = e^(row[i] - max(row))` in place; returns the sum, for the caller to normalise
+    /// (softmax = row / sum). f32 throughout, max subtracted first, as torch does.
+    pub fn softmax_unnormalized(row: &mut [f32]) -> f32 {
+        let mut lanes = [f32::NEG_INFINITY; 8];
+        let mut chunks = row.chunks_exact(8);
+        for c in &mut chunks {
+            for l in 0..8 {
+                lanes[l] = lanes[l].max(c[l]);
+            }
+        }
+        let max = chunks.remainder().iter().fold(lanes.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)), |m, &v| m.max(v));
+        let mut sums = [0.0f32; 8];
+        let mut chunks = row.chunks_exact_mut(8);
+        for c in &mut chunks {
+            for l in 0..8 {
+                c[l] = exp_approx(c[l] - max);
+                sums[l] += c[l];
+            }
+        }
+        let mut sum = sums.iter().sum::<f32>();
+        for v in chunks.into_remainder() {
+            *v = exp_approx(*v - max);
+            sum += *v;
+        }
+        sum
+    }
+}
+
+/// Softmax of a row in place.
 pub fn softmax_inplace(row: &mut [f32]) {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0.0f32;
-    for v in row.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    for v in row.iter_mut() {
-        *v *= inv;
-    }
+    let inv = 1.0 / softmax_unnormalized(row);
+    row.iter_mut().for_each(|v| *v *= inv);
 }
 
 #[cfg(test)]
@@ -301,7 +374,7 @@ mod tests {
 
     #[test]
     fn matmul_matches_naive_in_every_regime() {
-        for &(m, k, n) in &[(1, 64, 1000), (3, 200, 5000), (5, 7, 3), (100, 300, 700), (1, 3000, 1)] {
+        for &(m, k, n) in &[(1, 64, 1000), (3, 200, 5000), (8, 512, 3001), (20, 100, 2000), (5, 7, 3), (100, 300, 700), (1, 3000, 1)] {
             let a = pseudo(m * k, 1);
             let w = pseudo(n * k, 2);
             let av = View::new(&a, m, k);
@@ -311,6 +384,26 @@ mod tests {
             let want = naive(av, bv);
             let err = out.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
             assert!(err < 1e-3, "m={m} k={k} n={n}: max error {err}");
+        }
+    }
+
+    #[test]
+    fn exp_and_softmax_are_accurate() {
+        for i in -8700..=8800 {
+            let x = i as f32 / 100.0;
+            let (got, want) = (exp_approx(x) as f64, (x as f64).exp());
+            assert!((got - want).abs() <= 3e-7 * want, "exp({x}) = {got}, want {want}");
+        }
+        let mut row: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin() * 5.0).collect();
+        let want: Vec<f64> = {
+            let m = row.iter().fold(f64::MIN, |m, &v| m.max(v as f64));
+            let e: Vec<f64> = row.iter().map(|&v| (v as f64 - m).exp()).collect();
+            let s: f64 = e.iter().sum();
+            e.iter().map(|v| v / s).collect()
+        };
+        softmax_inplace(&mut row);
+        for (g, w) in row.iter().zip(&want) {
+            assert!((*g as f64 - w).abs() < 1e-6 * w.max(1e-3), "{g} vs {w}");
         }
     }
 
