@@ -4,6 +4,8 @@ use rayon::prelude::*;
 
 /// Query rows per task: a 128 x 1500 score block (750 KB) stays in L2.
 const Q_BLOCK: usize = 128;
+/// Multiply-adds (per product) from which heads and blocks are spread over threads.
+const PAR_MIN_WORK: usize = 1 << 18;
 
 /// For every head `h` (columns `h*dh..(h+1)*dh` of `q`, `k`, `v`) and query row `r`:
 /// `out[r][h*dh..] = softmax(q_h[r] · k_hᵀ) · v_h`. The query scale (d_head^-1/2) is already
@@ -18,6 +20,8 @@ pub fn attention(q: View, k: View, v: View, n_head: usize, causal: Option<usize>
     if let Some(offset) = causal {
         assert!(offset + m <= len, "causal attention needs a key for every query");
     }
+    // Spreading tiny problems (a decoder step's self-attention) costs more than it saves.
+    let parallel = parallel && m * len * n >= PAR_MIN_WORK;
     let n_blocks = m.div_ceil(Q_BLOCK);
     let dst = SharedMut(out.as_mut_ptr());
     let out_len = out.len();

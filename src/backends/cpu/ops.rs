@@ -295,7 +295,11 @@ fn exp_approx(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const ROUND: f32 = 12582912.0; // 1.5 * 2^23: adding and subtracting it rounds to an integer
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
+    // t's low mantissa bits hold n (t and ROUND share a binade): an integer difference, which
+    // vectorises where `n as i32` (a saturating conversion) does not.
+    let i = t.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
     let r = x - n * 0.693359375 - n * -2.12194440e-4;
     let mut y = 1.9875691500e-4f32;
     y = y * r + 1.3981999507e-3;
@@ -304,7 +308,7 @@ fn exp_approx(x: f32) -> f32 {
     y = y * r + 1.6666665459e-1;
     y = y * r + 5.0000001201e-1;
     y = y * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    y * f32::from_bits(((i + 127) as u32) << 23)
 }
 
 simd_dispatch! {
