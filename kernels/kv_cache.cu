@@ -1,0 +1,42 @@
+// The decoder's self-attention KV cache: [layer][slot][ctx][n] fp16 for keys and for values.
+// Sequences map to slots through a slot table, so beam reordering remaps slots and copies only
+// where one source continues into several beams, and then only the filled positions.
+#include <cuda_fp16.h>
+
+// Writes the keys and values of the new tokens of one layer. qkv: fp16 [rows][3n] (key in
+// columns n..2n, value in 2n..3n); row = s * t + i goes to position len + i of slot slots[s].
+// Requires n % 8 == 0 (16-byte pieces).
+extern "C" __global__ void kv_append(const __half* __restrict__ qkv, __half* __restrict__ k_cache,
+                                     __half* __restrict__ v_cache, const int* __restrict__ slots, int rows, int n,
+                                     int t, int len, int ctx) {
+    const int per_row = n / 8;
+    const int total = rows * per_row;
+    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += gridDim.x * blockDim.x) {
+        const int row = idx / per_row, c = (idx % per_row) * 8;
+        const int s = row / t, i = row % t;
+        const __half* src = qkv + (size_t)row * 3 * n + c;
+        const size_t dst = ((size_t)slots[s] * ctx + len + i) * n + c;
+        *reinterpret_cast<uint4*>(k_cache + dst) = *reinterpret_cast<const uint4*>(src + n);
+        *reinterpret_cast<uint4*>(v_cache + dst) = *reinterpret_cast<const uint4*>(src + 2 * n);
+    }
+}
+
+// For every layer and every pair p: positions 0..len of slot pairs[2p] are copied into slot
+// pairs[2p + 1], keys and values. k_cache, v_cache: the whole cache, [n_layer][n_slots][ctx][n].
+extern "C" __global__ void kv_copy(__half* __restrict__ k_cache, __half* __restrict__ v_cache,
+                                   const int* __restrict__ pairs, int n_pairs, int n_layer, int n_slots, int ctx,
+                                   int n, int len) {
+    const size_t per_slot = (size_t)len * n / 8;  // 16-byte pieces to copy per (layer, pair)
+    const size_t total = (size_t)n_layer * n_pairs * per_slot;
+    for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < total;
+         idx += (size_t)gridDim.x * blockDim.x) {
+        const size_t piece = idx % per_slot;
+        const size_t lp = idx / per_slot;
+        const int p = (int)(lp % n_pairs), l = (int)(lp / n_pairs);
+        const size_t layer = (size_t)l * n_slots;
+        const size_t src = (layer + pairs[2 * p]) * ctx * n + piece * 8;
+        const size_t dst = (layer + pairs[2 * p + 1]) * ctx * n + piece * 8;
+        *reinterpret_cast<uint4*>(k_cache + dst) = *reinterpret_cast<const uint4*>(k_cache + src);
+        *reinterpret_cast<uint4*>(v_cache + dst) = *reinterpret_cast<const uint4*>(v_cache + src);
+    }
+}

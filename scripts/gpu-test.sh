@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# GPU tests of the CUDA backend (tests/gpu_kernels.rs, tests/gpu_e2e.rs) through the device tool.
+# The GPU machine has CUDA 13 but no Rust, and a device call carries at most 64 MiB, so:
+#
+# 1. Here (the build machine):
+#      scripts/gpu-test.sh pack [--models "tiny.en base"] [--ljspeech] [--cpu-cache DIR]
+#    builds the two test binaries (cargo test --release --no-run), strips and compresses them, and
+#    spreads them, the chosen models (none by default) and the shared test data they need over
+#    .dev/gpu/load-1, load-2, ... (git-ignored), each small enough for one call; files too big
+#    for one call are split and joined again there. It prints the device calls to make.
+# 2. There, one device call per load, back to back so the machine stays warm (it keeps /tmp
+#    only while held):
+#      scripts/gpu-test.sh stage .dev/gpu/load-1          # carry: [".dev/gpu/load-1"]; every load but the last
+#      scripts/gpu-test.sh run .dev/gpu/load-N [SUITE...]  # carry: [".dev/gpu/load-N"]: stages it, joins, runs
+#    SUITE: kernels, synthetic, tiny.en, tiny.en-beam5, base, speed (default: kernels synthetic,
+#    plus the greedy suite of every model packed). The log goes to $OUT/gpu-test.log too.
+#
+# WHISPER_TRT_BUILD_DIR: where pack runs cargo (default: this checkout).
+# Environment there: LD_LIBRARY_PATH gets /usr/local/cuda/lib64 (cuBLASLt, NVRTC); the tests
+# compile the kernels with that NVRTC (the test-only CudaModel::from_model_dir path). The CPU
+# backend's transcripts are cached in $STAGE/cpu-cache (or come packed with --cpu-cache).
+set -euo pipefail
+
+die() { echo "gpu-test.sh: error: $*" >&2; exit 1; }
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STAGE=${WHISPER_TRT_GPU_STAGE:-/tmp/whisper-trt-gpu}
+# Under the 64 MiB a call carries, with room for the working tree (under 1 MiB).
+LOAD_BYTES=${WHISPER_TRT_GPU_LOAD_BYTES:-$((62 * 1024 * 1024))}
+
+pack() {
+    local models="" ljspeech=0 cpu_cache=""
+    while [[ $# -gt 0 ]]; do
+        case $1 in
+            --models) models=$2; shift 2 ;;
+            --ljspeech) ljspeech=1; shift ;;
+            --cpu-cache) cpu_cache=$2; shift 2 ;;
+            *) die "pack: unknown argument $1" ;;
+        esac
+    done
+    local shared=${WHISPER_TRT_SHARED:-$repo/../shared}
+    local models_dir=${WHISPER_TRT_MODELS:-$repo/models}
+    [[ -d $shared/data ]] || die "shared data not found at $shared"
+    command -v xz >/dev/null || die "xz is needed"
+    command -v python3 >/dev/null || die "python3 is needed"
+
+    echo "gpu-test.sh: building the test binaries" >&2
+    local json
+    json=$(cd "${WHISPER_TRT_BUILD_DIR:-$repo}" && cargo test --release --no-run --test gpu_kernels --test gpu_e2e --message-format=json) \
+        || die "cargo test --no-run failed"
+    local tree=$repo/.dev/gpu/tree
+    rm -rf "$repo/.dev/gpu"
+    mkdir -p "$tree/bin"
+    # The executables cargo reports for the two test targets.
+    echo "$json" | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("gpu_kernels", "gpu_e2e"):
+        print(m["target"]["name"], m["executable"])
+' | while read -r name exe; do
+        strip -o "$tree/bin/$name" "$exe"
+        xz -9 -T0 "$tree/bin/$name"
+    done
+    [[ -f $tree/bin/gpu_kernels.xz && -f $tree/bin/gpu_e2e.xz ]] || die "test binaries not found in cargo's output"
+
+    # Shared test data (as ../shared lays it out).
+    local d=$tree/shared/data
+    mkdir -p "$d/whisper" "$d/reference/mel"
+    cp "$shared/data/whisper/jfk.flac" "$shared/data/whisper/english.json" "$d/whisper/"
+    cp "$shared/data/reference/mel/librispeech_1089-134686-0000.mel80.f32" "$d/reference/mel/"
+    cp -r "$shared/data/librispeech" "$d/"
+    rm -rf "$d/librispeech/transcripts"
+    [[ $ljspeech == 1 ]] && cp -r "$shared/data/ljspeech" "$d/"
+    for m in $models; do
+        mkdir -p "$d/reference/$m" "$tree/models/$m"
+        cp "$shared/data/reference/$m/"*.jsonl "$d/reference/$m/"
+        [[ -f $models_dir/$m/model.safetensors ]] || die "$models_dir/$m is missing: run scripts/fetch-model.sh $m"
+        cp "$models_dir/$m/config.json" "$models_dir/$m/tokenizer.json" "$models_dir/$m/model.safetensors" "$tree/models/$m/"
+    done
+    if [[ -n $cpu_cache ]]; then
+        mkdir -p "$tree/cpu-cache"
+        cp "$cpu_cache"/*.jsonl "$tree/cpu-cache/"
+    fi
+    echo "$models" >"$tree/models.txt"
+    [[ $ljspeech == 1 ]] && touch "$tree/ljspeech"
+
+    # Checksums of the whole files, then split, then first-fit decreasing into loads.
+    (cd "$tree" && find . -type f ! -name manifest.sha256 -print0 | sort -z | xargs -0 sha256sum >manifest.sha256)
+    local part=$((24 * 1024 * 1024))
+    (cd "$tree" && find . -type f -size +"$((part / 1024))"k -print0 | while IFS= read -r -d '' f; do
+        split -b "$part" -d -a 2 "$f" "$f.part-" && rm "$f"
+    done)
+    python3 - "$tree" "$repo/.dev/gpu" "$LOAD_BYTES" <<'EOF'
+import os, shutil, sys
+tree, out, cap = sys.argv[1], sys.argv[2], int(sys.argv[3])
+files = []
+for root, _, names in os.walk(tree):
+    for n in names:
+        p = os.path.join(root, n)
+        files.append((os.path.getsize(p), os.path.relpath(p, tree)))
+files.sort(reverse=True)
+loads = []
+for size, rel in files:
+    for load in loads:
+        if load[0] + size <= cap:
+            load[0] += size; load[1].append(rel); break
+    else:
+        loads.append([size, [rel]])
+# The manifest and the list of loads travel with the last load.
+for i, (size, rels) in enumerate(loads, 1):
+    for rel in rels:
+        dst = os.path.join(out, f"load-{i}", rel)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        shutil.move(os.path.join(tree, rel), dst)
+    print(f"load-{i}: {size / 2**20:.1f} MiB, {len(rels)} files")
+last = os.path.join(out, f"load-{len(loads)}")
+if "manifest.sha256" not in loads[-1][1]:
+    shutil.move(os.path.join(out, next(f"load-{i}" for i, (_, r) in enumerate(loads, 1) if "manifest.sha256" in r), "manifest.sha256"), os.path.join(last, "manifest.sha256"))
+with open(os.path.join(last, "loads.txt"), "w") as f:
+    f.write(f"{len(loads)}\n")
+EOF
+    rm -rf "$tree"
+    local n
+    n=$(ls -d "$repo"/.dev/gpu/load-* | wc -l)
+    echo "Device calls, back to back (the machine keeps /tmp only while warm):"
+    for ((i = 1; i < n; i++)); do
+        echo "  run carry=[\".dev/gpu/load-$i\"]: scripts/gpu-test.sh stage .dev/gpu/load-$i"
+    done
+    echo "  run carry=[\".dev/gpu/load-$n\"]: scripts/gpu-test.sh run .dev/gpu/load-$n [SUITE...]"
+}
+
+stage() {
+    local load=${1:?stage: which load?}
+    [[ -d $load ]] || die "$load was not carried (name it in the call's carry)"
+    mkdir -p "$STAGE"
+    cp -a "$load/." "$STAGE/"
+    echo "gpu-test.sh: staged $load into $STAGE ($(du -sh "$STAGE" | cut -f1))"
+}
+
+unxz_file() {
+    if command -v xz >/dev/null; then xz -d -f "$1"; else python3 -c 'import lzma,sys,os; p=sys.argv[1]; open(p[:-3],"wb").write(lzma.open(p).read()); os.remove(p)' "$1"; fi
+}
+
+run() {
+    local load=${1:?run: which load?}
+    shift
+    stage "$load"
+    cd "$STAGE"
+    local want
+    want=$(head -1 loads.txt)
+    # Join split files.
+    find . -name '*.part-00' | while read -r first; do
+        local f=${first%.part-00}
+        cat "$f".part-* >"$f" && rm "$f".part-*
+    done
+    sha256sum --quiet -c manifest.sha256 || die "files are missing or damaged: were all $want loads staged while the machine stayed warm?"
+    for x in bin/*.xz; do [[ -e $x ]] && unxz_file "$x"; done
+    chmod +x bin/* 2>/dev/null || true
+
+    export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    export WHISPER_TRT_SHARED=$STAGE/shared WHISPER_TRT_MODELS=$STAGE/models WHISPER_TRT_CPU_CACHE=$STAGE/cpu-cache
+    local subsets="test-clean,test-other,smoke"
+    [[ -f ljspeech ]] && subsets="$subsets,ljspeech"
+    export WHISPER_TRT_GPU_SUBSETS=${WHISPER_TRT_GPU_SUBSETS:-$subsets}
+    local suites=("$@")
+    if [[ ${#suites[@]} == 0 ]]; then
+        suites=(kernels synthetic)
+        for m in $(cat models.txt); do suites+=("$m"); done
+    fi
+    local log=${OUT:-$STAGE}/gpu-test.log
+    mkdir -p "$(dirname "$log")"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$log" || true
+    local failed=()
+    for s in "${suites[@]}"; do
+        local bin filter
+        case $s in
+            kernels) bin=gpu_kernels filter="" ;;
+            synthetic) bin=gpu_e2e filter=synthetic_weights_match_cpu ;;
+            tiny.en) bin=gpu_e2e filter=tiny_en_greedy_matches_cpu ;;
+            tiny.en-beam5) bin=gpu_e2e filter=tiny_en_beam5_matches_cpu ;;
+            base) bin=gpu_e2e filter=base_greedy_matches_cpu ;;
+            speed) bin=gpu_e2e filter=synthetic_speed ;;
+            *) die "unknown suite $s" ;;
+        esac
+        echo "=== $s" | tee -a "$log"
+        # --ignored: the GPU tests are #[ignore]d so that `cargo test` elsewhere skips them.
+        if ! "bin/$bin" --ignored --nocapture --test-threads=1 $filter 2>&1 | tee -a "$log"; then
+            failed+=("$s")
+        fi
+    done
+    if [[ ${#failed[@]} -gt 0 ]]; then
+        echo "gpu-test.sh: FAILED: ${failed[*]}" | tee -a "$log"
+        exit 1
+    fi
+    echo "gpu-test.sh: all passed: ${suites[*]}" | tee -a "$log"
+}
+
+case ${1:-} in
+    pack) shift; pack "$@" ;;
+    stage) shift; stage "$@" ;;
+    run) shift; run "$@" ;;
+    *) die "usage: scripts/gpu-test.sh pack [--models \"tiny.en base\"] [--ljspeech] [--cpu-cache DIR] | stage LOAD | run LOAD [SUITE...]" ;;
+esac

@@ -1,0 +1,337 @@
+//! Decoder sessions on the GPU: a preallocated self-attention KV cache of `max_seqs` slots, the
+//! utterance's cross-attention K/V (computed once by the encoder's last GEMM), and per step
+//! embedding, the decoder blocks and the tied logits. A slot table maps sequences to cache
+//! slots, so beam reordering remaps slots and copies (filled positions only) just where one
+//! source continues into several beams.
+use super::context::{DeviceBuffer, Gpu};
+use super::gemm::{Epilogue, GemmShape, Out, PROMPT_TOKENS};
+use super::{CudaFeatures, CudaModel};
+use crate::decoding::DecoderSession;
+use crate::model::ModelConfig;
+use anyhow::{anyhow, bail, Result};
+use std::cell::RefMut;
+
+/// Device memory of the decoder, sized once by the engine's build options.
+pub struct DecoderState {
+    /// Cache slots (sequences a session may hold).
+    pub max_seqs: usize,
+    /// Rows (sequences x tokens) one step runs at most.
+    pub max_rows: usize,
+    /// Positions per cache slot.
+    pub ctx: usize,
+    x: DeviceBuffer,
+    h: DeviceBuffer,
+    qkv: DeviceBuffer,
+    att: DeviceBuffer,
+    u: DeviceBuffer,
+    logits: DeviceBuffer,
+    tokens: DeviceBuffer,
+    slots: DeviceBuffer,
+    pairs: DeviceBuffer,
+    /// fp16 `[layer][slot][ctx][n]` each.
+    k_cache: DeviceBuffer,
+    v_cache: DeviceBuffer,
+}
+
+impl DecoderState {
+    pub fn new(gpu: &Gpu, c: &ModelConfig, max_seqs: usize) -> Result<Self> {
+        let max_seqs = max_seqs.max(1);
+        let max_rows = max_seqs * PROMPT_TOKENS;
+        let (n, ctx) = (c.n_text_state, c.n_text_ctx);
+        let cache = c.n_text_layer * max_seqs * ctx * n * 2;
+        Ok(DecoderState {
+            max_seqs,
+            max_rows,
+            ctx,
+            x: gpu.alloc(max_rows * n * 4)?,
+            h: gpu.alloc(max_rows * n * 2)?,
+            qkv: gpu.alloc(max_rows * 3 * n * 2)?,
+            att: gpu.alloc(max_rows * n * 2)?,
+            u: gpu.alloc(max_rows * 4 * n * 2)?,
+            logits: gpu.alloc(max_rows * c.n_vocab * 4)?,
+            tokens: gpu.alloc(max_rows * 4)?,
+            slots: gpu.alloc(max_seqs * 4)?,
+            pairs: gpu.alloc(2 * max_seqs * 4)?,
+            k_cache: gpu.alloc(cache)?,
+            v_cache: gpu.alloc(cache)?,
+        })
+    }
+}
+
+/// A decoder session on the GPU: see [`DecoderSession`].
+pub struct CudaSession<'a> {
+    model: &'a CudaModel,
+    /// fp16 `[n_audio_ctx][L * 2n]`: the utterance's cross keys and values.
+    cross: u64,
+    st: RefMut<'a, DecoderState>,
+    n_seq: usize,
+    /// Positions filled in every sequence.
+    len: usize,
+    /// Cache slot of each sequence.
+    slots: Vec<usize>,
+    /// A failure inside `reorder` (which cannot return one), reported by the next `forward`.
+    error: Option<anyhow::Error>,
+}
+
+impl CudaModel {
+    pub(super) fn new_session<'a>(&'a self, features: &'a CudaFeatures, n_seq: usize) -> Result<CudaSession<'a>> {
+        let st = self
+            .dec_state
+            .try_borrow_mut()
+            .map_err(|_| anyhow!("the CUDA backend runs one decoder session at a time; drop the other first"))?;
+        if n_seq == 0 || n_seq > st.max_seqs {
+            bail!(
+                "a decoder session of {n_seq} sequences does not fit this engine (1 to {}: rebuild with a larger --beam-width or --max-batch)",
+                st.max_seqs
+            );
+        }
+        if features.bytes != self.features_bytes() {
+            bail!("audio features of another model ({} bytes, expected {})", features.bytes, self.features_bytes());
+        }
+        let slots: Vec<usize> = (0..n_seq).collect();
+        let table: Vec<i32> = slots.iter().map(|&s| s as i32).collect();
+        self.gpu.copy_to(&st.slots, 0, &table)?;
+        Ok(CudaSession { model: self, cross: features.ptr(), st, n_seq, len: 0, slots, error: None })
+    }
+}
+
+impl CudaSession<'_> {
+    /// Tokens every sequence holds so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn check(&self, tokens: &[&[u32]]) -> Result<usize> {
+        let c = &self.model.config;
+        if tokens.len() != self.n_seq {
+            bail!("forward got {} token sequences, the session has {}", tokens.len(), self.n_seq);
+        }
+        let t = tokens[0].len();
+        if t == 0 || tokens.iter().any(|s| s.len() != t) {
+            bail!("forward needs the same non-zero number of tokens for every sequence");
+        }
+        if self.len + t > self.st.ctx {
+            bail!("{} + {t} tokens exceed the text context of {}", self.len, self.st.ctx);
+        }
+        if let Some(&bad) = tokens.iter().flat_map(|s| s.iter()).find(|&&id| id as usize >= c.n_vocab) {
+            bail!("token id {bad} is outside the vocabulary of {}", c.n_vocab);
+        }
+        Ok(t)
+    }
+
+    /// One step over `tc` tokens of every sequence (`ids` sequence-major); logits stay on the GPU.
+    fn step(&mut self, ids: &[i32], tc: usize) -> Result<()> {
+        let m = self.model;
+        let c = &m.config;
+        let (k, g, w, st) = (&m.kernels, &m.gemm, &m.dec, &self.st);
+        let (n, rows, len) = (c.n_text_state, ids.len(), self.len);
+        let (x, h, qkv, att, u) = (st.x.ptr(), st.h.ptr(), st.qkv.ptr(), st.att.ptr(), st.u.ptr());
+        m.gpu.copy_to(&st.tokens, 0, ids)?;
+        k.embed_tokens(st.tokens.ptr(), w.tok_emb, w.pos, x, rows, n, tc, len)?;
+        let layer_bytes = (st.max_seqs * st.ctx * n * 2) as u64;
+        let kv_ld = c.n_text_layer * 2 * n;
+        for (l, b) in w.blocks.iter().enumerate() {
+            let (kc, vc) = (st.k_cache.ptr() + l as u64 * layer_bytes, st.v_cache.ptr() + l as u64 * layer_bytes);
+            // Causal self-attention over the cache.
+            k.layernorm(x, b.base.attn_ln.g, b.base.attn_ln.b, h, rows, n, n)?;
+            g.run(&GemmShape::linear(rows, 3 * n, n, Out::F16, Epilogue::Bias, false), b.base.qkv.w, h, Some(b.base.qkv.b), qkv)?;
+            k.kv_append(qkv, kc, vc, st.slots.ptr(), rows, n, tc, len, st.ctx)?;
+            k.decoder_self_attention(qkv, kc, vc, st.slots.ptr(), att, rows, n, c.n_text_head, tc, len, st.ctx)?;
+            g.run(&GemmShape::linear(rows, n, n, Out::F32, Epilogue::Bias, true), b.base.out.w, att, Some(b.base.out.b), x)?;
+            // Cross-attention over the utterance's keys and values (query in `qkv`, stride n).
+            k.layernorm(x, b.cross_ln.g, b.cross_ln.b, h, rows, n, n)?;
+            g.run(&GemmShape::linear(rows, n, n, Out::F16, Epilogue::Bias, false), b.cross_q.w, h, Some(b.cross_q.b), qkv)?;
+            let kv = self.cross + (l * 2 * n * 2) as u64;
+            k.cross_attention(qkv, n, kv, kv_ld, c.n_audio_ctx, att, rows, n, c.n_text_head)?;
+            g.run(&GemmShape::linear(rows, n, n, Out::F32, Epilogue::Bias, true), b.cross_out.w, att, Some(b.cross_out.b), x)?;
+            m.mlp(&b.base, x, h, u, rows, n)?;
+        }
+        k.layernorm(x, w.ln.g, w.ln.b, h, rows, n, n)?;
+        g.run(&GemmShape::linear(rows, c.n_vocab, n, Out::F32, Epilogue::None, false), w.tok_emb, h, None, st.logits.ptr())?;
+        self.len += tc;
+        Ok(())
+    }
+
+    fn run(&mut self, tokens: &[&[u32]]) -> Result<Vec<f32>> {
+        if let Some(e) = self.error.take() {
+            return Err(e.context("an earlier beam reorder failed"));
+        }
+        let t = self.check(tokens)?;
+        let v = self.model.config.n_vocab;
+        let n_seq = self.n_seq;
+        // Long inputs run in chunks of tokens (causal attention over the cache makes that exact).
+        let chunk = (self.st.max_rows / n_seq).max(1);
+        let mut out = vec![0f32; n_seq * t * v];
+        let mut c0 = 0;
+        while c0 < t {
+            let tc = chunk.min(t - c0);
+            let ids: Vec<i32> = tokens.iter().flat_map(|s| s[c0..c0 + tc].iter().map(|&id| id as i32)).collect();
+            self.step(&ids, tc)?;
+            let mut logits = vec![0f32; n_seq * tc * v];
+            self.model.gpu.copy_from(self.st.logits.ptr(), &mut logits)?;
+            for s in 0..n_seq {
+                let dst = (s * t + c0) * v;
+                out[dst..dst + tc * v].copy_from_slice(&logits[s * tc * v..(s + 1) * tc * v]);
+            }
+            c0 += tc;
+        }
+        Ok(out)
+    }
+
+    /// Like [`DecoderSession::reorder`], but reports bad input instead of ignoring it.
+    pub fn try_reorder(&mut self, source: &[usize]) -> Result<()> {
+        let n_seq = self.n_seq;
+        if source.len() != n_seq || source.iter().any(|&s| s >= n_seq) {
+            bail!("reorder source {source:?} is not {n_seq} indices below {n_seq}");
+        }
+        let (new, pairs) = reorder_slots(&self.slots, source, self.st.max_seqs);
+        if !pairs.is_empty() {
+            let flat: Vec<i32> = pairs.iter().flat_map(|&(s, d)| [s as i32, d as i32]).collect();
+            let m = self.model;
+            let c = &m.config;
+            let st = &self.st;
+            m.gpu.copy_to(&st.pairs, 0, &flat)?;
+            m.kernels.kv_copy(
+                st.k_cache.ptr(),
+                st.v_cache.ptr(),
+                st.pairs.ptr(),
+                pairs.len(),
+                c.n_text_layer,
+                st.max_seqs,
+                st.ctx,
+                c.n_text_state,
+                self.len,
+            )?;
+        }
+        let table: Vec<i32> = new.iter().map(|&s| s as i32).collect();
+        self.model.gpu.copy_to(&self.st.slots, 0, &table)?;
+        self.slots = new;
+        Ok(())
+    }
+}
+
+/// The new slot of every sequence when sequence `i` continues from `source[i]`, and the
+/// (from, to) slot copies that needs. A source kept by one sequence hands over its slot (itself
+/// first); every further user of a source gets a free slot and a copy.
+pub fn reorder_slots(slots: &[usize], source: &[usize], n_slots: usize) -> (Vec<usize>, Vec<(usize, usize)>) {
+    let n = slots.len();
+    let mut new: Vec<Option<usize>> = vec![None; n];
+    let mut taken = vec![false; n]; // source s's slot is already handed over
+    for i in 0..n {
+        if source[i] == i {
+            new[i] = Some(slots[i]);
+            taken[i] = true;
+        }
+    }
+    for i in 0..n {
+        let s = source[i];
+        if new[i].is_none() && !taken[s] {
+            new[i] = Some(slots[s]);
+            taken[s] = true;
+        }
+    }
+    // Free: slots of sources nobody continues, and slots no sequence held.
+    let used: Vec<usize> = (0..n).filter(|&s| taken[s]).map(|s| slots[s]).collect();
+    let mut free = (0..n_slots).filter(|s| !used.contains(s));
+    let mut pairs = Vec::new();
+    let out = (0..n)
+        .map(|i| match new[i] {
+            Some(s) => s,
+            None => {
+                let f = free.next().expect("n sequences never need more than n slots");
+                pairs.push((slots[source[i]], f));
+                f
+            }
+        })
+        .collect();
+    (out, pairs)
+}
+
+impl DecoderSession for CudaSession<'_> {
+    fn n_seq(&self) -> usize {
+        self.n_seq
+    }
+
+    fn n_vocab(&self) -> usize {
+        self.model.config.n_vocab
+    }
+
+    fn forward(&mut self, tokens: &[&[u32]]) -> Result<Vec<f32>> {
+        self.run(tokens)
+    }
+
+    /// Bad input or a failed copy is kept and reported by the next `forward` (the trait gives
+    /// `reorder` no way to report it); [`CudaSession::try_reorder`] reports it at once.
+    fn reorder(&mut self, source: &[usize]) {
+        if let Err(e) = self.try_reorder(source) {
+            self.error.get_or_insert(e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reorder_slots;
+
+    /// Simulates the cache: each slot holds the history of one sequence.
+    fn check(slots: &[usize], source: &[usize], n_slots: usize) {
+        let mut content: Vec<Option<usize>> = vec![None; n_slots];
+        for (i, &s) in slots.iter().enumerate() {
+            content[s] = Some(i);
+        }
+        let (new, pairs) = reorder_slots(slots, source, n_slots);
+        // Copies read slots that are not written by any copy (so order does not matter).
+        for &(from, to) in &pairs {
+            assert!(pairs.iter().all(|&(_, t)| t != from), "copy source {from} is also written");
+            content[to] = content[from];
+        }
+        let mut seen = vec![false; n_slots];
+        for (i, &s) in new.iter().enumerate() {
+            assert!(!seen[s], "slot {s} given twice in {new:?}");
+            seen[s] = true;
+            assert_eq!(content[s], Some(source[i]), "sequence {i} should continue from {}", source[i]);
+        }
+        // Only duplicates cost a copy.
+        let distinct = {
+            let mut d = source.to_vec();
+            d.sort();
+            d.dedup();
+            d.len()
+        };
+        assert_eq!(pairs.len(), source.len() - distinct);
+    }
+
+    #[test]
+    fn reorder_moves_slots_and_copies_only_duplicates() {
+        check(&[0, 1, 2, 3, 4], &[0, 1, 2, 3, 4], 5);
+        check(&[0, 1, 2, 3, 4], &[4, 3, 2, 1, 0], 5);
+        check(&[0, 1, 2, 3, 4], &[0, 0, 0, 0, 0], 5);
+        check(&[3, 0, 4, 1, 2], &[1, 1, 3, 0, 3], 5);
+        check(&[2, 0], &[1, 1], 4);
+        check(&[5, 1, 3], &[2, 0, 2], 8);
+        let mut seed = 7u32;
+        for _ in 0..200 {
+            let n = 1 + (seed % 6) as usize;
+            let n_slots = n + (seed / 7 % 3) as usize;
+            let mut perm: Vec<usize> = (0..n_slots).collect();
+            let mut source = vec![0; n];
+            for i in 0..n_slots {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                perm.swap(i, (seed as usize) % n_slots);
+            }
+            for s in source.iter_mut() {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                *s = (seed as usize) % n;
+            }
+            check(&perm[..n], &source, n_slots);
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! The kernels of `kernels/*.cu`, loaded from cubins with the driver API (never compiled here),
+//! and one typed launcher per kernel. Pointers are raw device addresses (u64), sizes i32/i64 as
+//! the kernels declare them.
+use super::context::Gpu;
+use anyhow::{anyhow, Result};
+use cudarc::driver::sys::CUdeviceptr;
+use cudarc::driver::{CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::Ptx;
+use std::sync::Arc;
+
+/// LayerNorm epsilon of openai-whisper (torch's default).
+pub const LN_EPS: f32 = 1e-5;
+/// Whisper's head size; the attention kernels are written for it.
+pub const D_HEAD: usize = 64;
+
+/// Every kernel: (file stem, kernel name).
+pub const FUNCTIONS: [(&str, &str); 12] = [
+    ("layernorm", "layernorm_f32_f16"),
+    ("conv", "im2col_conv1"),
+    ("conv", "im2col_conv2_gelu"),
+    ("conv", "gelu_pos"),
+    ("activation", "gelu_f16"),
+    ("flash_attention", "flash_attention"),
+    ("decoder_attention", "decoder_self_attention"),
+    ("decoder_attention", "cross_attention"),
+    ("kv_cache", "kv_append"),
+    ("kv_cache", "kv_copy"),
+    ("embedding", "embed_tokens"),
+    ("logits", "masked_argmax"),
+];
+
+pub struct Kernels {
+    stream: Arc<CudaStream>,
+    layernorm: CudaFunction,
+    im2col_conv1: CudaFunction,
+    im2col_conv2_gelu: CudaFunction,
+    gelu_pos: CudaFunction,
+    gelu_f16: CudaFunction,
+    flash_attention: CudaFunction,
+    decoder_self_attention: CudaFunction,
+    cross_attention: CudaFunction,
+    kv_append: CudaFunction,
+    kv_copy: CudaFunction,
+    embed_tokens: CudaFunction,
+    masked_argmax: CudaFunction,
+}
+
+fn grid_stride(total: usize, threads: u32) -> LaunchConfig {
+    let blocks = total.div_ceil(threads as usize).clamp(1, 1 << 20) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+}
+
+fn launched(name: &'static str) -> impl Fn(cudarc::driver::DriverError) -> anyhow::Error {
+    move |e| anyhow!("CUDA kernel {name} failed to launch: {e:?}")
+}
+
+fn i32_of(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| anyhow!("internal: {what} = {v} does not fit the kernel's int"))
+}
+
+impl Kernels {
+    /// Loads `modules` ((file stem, cubin) pairs) into the GPU's context and looks up every kernel.
+    pub fn load(gpu: &Gpu, modules: &[(String, Vec<u8>)]) -> Result<Self> {
+        let mut loaded = std::collections::HashMap::new();
+        for (stem, cubin) in modules {
+            let module = gpu
+                .ctx
+                .load_module(Ptx::from_binary(cubin.clone()))
+                .map_err(|e| anyhow!("cannot load the cubin of kernels/{stem}.cu: {e:?} (was the engine built for this GPU?)"))?;
+            loaded.insert(stem.as_str(), module);
+        }
+        let f = |stem: &str, name: &str| -> Result<CudaFunction> {
+            let m = loaded.get(stem).ok_or_else(|| anyhow!("the engine has no cubin for kernels/{stem}.cu; rebuild it"))?;
+            m.load_function(name).map_err(|e| anyhow!("kernels/{stem}.cu has no kernel {name}: {e:?}; rebuild the engine"))
+        };
+        Ok(Kernels {
+            stream: gpu.stream.clone(),
+            layernorm: f("layernorm", "layernorm_f32_f16")?,
+            im2col_conv1: f("conv", "im2col_conv1")?,
+            im2col_conv2_gelu: f("conv", "im2col_conv2_gelu")?,
+            gelu_pos: f("conv", "gelu_pos")?,
+            gelu_f16: f("activation", "gelu_f16")?,
+            flash_attention: f("flash_attention", "flash_attention")?,
+            decoder_self_attention: f("decoder_attention", "decoder_self_attention")?,
+            cross_attention: f("decoder_attention", "cross_attention")?,
+            kv_append: f("kv_cache", "kv_append")?,
+            kv_copy: f("kv_cache", "kv_copy")?,
+            embed_tokens: f("embedding", "embed_tokens")?,
+            masked_argmax: f("logits", "masked_argmax")?,
+        })
+    }
+
+    /// `y[r] = LN(x[r])` for `rows` f32 rows of `n` (gamma, beta f32) into fp16 rows of stride `ldy`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layernorm(&self, x: CUdeviceptr, gamma: CUdeviceptr, beta: CUdeviceptr, y: CUdeviceptr, rows: usize, n: usize, ldy: usize) -> Result<()> {
+        let (r, n, ldy, eps) = (i32_of(rows, "rows")?, i32_of(n, "n")?, i32_of(ldy, "ldy")?, LN_EPS);
+        // One warp per row, 4 rows per block.
+        let cfg = LaunchConfig { grid_dim: ((rows.div_ceil(4)).max(1) as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        unsafe {
+            self.stream.launch_builder(&self.layernorm).arg(&x).arg(&gamma).arg(&beta).arg(&y).arg(&r).arg(&n).arg(&ldy).arg(&eps).launch(cfg)
+        }
+        .map_err(launched("layernorm_f32_f16"))?;
+        Ok(())
+    }
+
+    /// mel f32 `[batch][n_mels][n_frames]` -> conv1's im2col fp16 `[batch][n_frames][3 n_mels]`.
+    pub fn im2col_conv1(&self, mel: CUdeviceptr, col: CUdeviceptr, batch: usize, n_mels: usize, n_frames: usize) -> Result<()> {
+        let (b, m, f) = (i32_of(batch, "batch")?, i32_of(n_mels, "n_mels")?, i32_of(n_frames, "n_frames")?);
+        let cfg = grid_stride(batch * n_frames * 3 * n_mels, 256);
+        unsafe { self.stream.launch_builder(&self.im2col_conv1).arg(&mel).arg(&col).arg(&b).arg(&m).arg(&f).launch(cfg) }
+            .map_err(launched("im2col_conv1"))?;
+        Ok(())
+    }
+
+    /// conv1 output fp16 `[batch][n_frames][n]` -> GELU'd im2col of conv2 `[batch][n_frames/2][3n]`.
+    pub fn im2col_conv2_gelu(&self, h1: CUdeviceptr, col: CUdeviceptr, batch: usize, n_frames: usize, n: usize) -> Result<()> {
+        let (b, f, nn) = (i32_of(batch, "batch")?, i32_of(n_frames, "n_frames")?, i32_of(n, "n")?);
+        let cfg = grid_stride(batch * (n_frames / 2) * 3 * n, 256);
+        unsafe { self.stream.launch_builder(&self.im2col_conv2_gelu).arg(&h1).arg(&col).arg(&b).arg(&f).arg(&nn).launch(cfg) }
+            .map_err(launched("im2col_conv2_gelu"))?;
+        Ok(())
+    }
+
+    /// In place on f32 `[batch][ctx][n]`: `x = gelu(x) + pos` (pos fp16 `[ctx][n]`).
+    pub fn gelu_pos(&self, x: CUdeviceptr, pos: CUdeviceptr, batch: usize, ctx: usize, n: usize) -> Result<()> {
+        let (b, c, nn) = (i32_of(batch, "batch")?, i32_of(ctx, "ctx")?, i32_of(n, "n")?);
+        let cfg = grid_stride(batch * ctx * n, 256);
+        unsafe { self.stream.launch_builder(&self.gelu_pos).arg(&x).arg(&pos).arg(&b).arg(&c).arg(&nn).launch(cfg) }
+            .map_err(launched("gelu_pos"))?;
+        Ok(())
+    }
+
+    /// In place on `n` fp16 values: exact GELU.
+    pub fn gelu_f16(&self, x: CUdeviceptr, n: usize) -> Result<()> {
+        let nn = n as i64;
+        let cfg = grid_stride(n.div_ceil(2), 256);
+        unsafe { self.stream.launch_builder(&self.gelu_f16).arg(&x).arg(&nn).launch(cfg) }.map_err(launched("gelu_f16"))?;
+        Ok(())
+    }
+
+    /// Encoder self-attention: qkv fp16 `[batch][t][3n]` -> out fp16 `[batch][t][n]`.
+    pub fn flash_attention(&self, qkv: CUdeviceptr, out: CUdeviceptr, batch: usize, t: usize, n: usize, n_head: usize) -> Result<()> {
+        let (tt, nn) = (i32_of(t, "t")?, i32_of(n, "n")?);
+        let cfg = LaunchConfig {
+            grid_dim: (t.div_ceil(64) as u32, n_head as u32, batch as u32),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe { self.stream.launch_builder(&self.flash_attention).arg(&qkv).arg(&out).arg(&tt).arg(&nn).launch(cfg) }
+            .map_err(launched("flash_attention"))?;
+        Ok(())
+    }
+
+    /// Causal self-attention of `rows` = n_seq * t new tokens over this layer's cache.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decoder_self_attention(
+        &self,
+        qkv: CUdeviceptr,
+        k_cache: CUdeviceptr,
+        v_cache: CUdeviceptr,
+        slots: CUdeviceptr,
+        out: CUdeviceptr,
+        rows: usize,
+        n: usize,
+        n_head: usize,
+        t: usize,
+        len: usize,
+        ctx: usize,
+    ) -> Result<()> {
+        let (nn, tt, ll, cc) = (i32_of(n, "n")?, i32_of(t, "t")?, i32_of(len, "len")?, i32_of(ctx, "ctx")?);
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, n_head as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: ((len + t) * 4) as u32,
+        };
+        unsafe {
+            self.stream
+                .launch_builder(&self.decoder_self_attention)
+                .arg(&qkv)
+                .arg(&k_cache)
+                .arg(&v_cache)
+                .arg(&slots)
+                .arg(&out)
+                .arg(&nn)
+                .arg(&tt)
+                .arg(&ll)
+                .arg(&cc)
+                .launch(cfg)
+        }
+        .map_err(launched("decoder_self_attention"))?;
+        Ok(())
+    }
+
+    /// Cross-attention of `rows` queries (row stride `ldq`) over `n_keys` rows of this layer's
+    /// cross keys (columns 0..n) and values (n..2n), row stride `ldkv`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn cross_attention(
+        &self,
+        q: CUdeviceptr,
+        ldq: usize,
+        kv: CUdeviceptr,
+        ldkv: usize,
+        n_keys: usize,
+        out: CUdeviceptr,
+        rows: usize,
+        n: usize,
+        n_head: usize,
+    ) -> Result<()> {
+        let (lq, lkv, nk, nn) = (i32_of(ldq, "ldq")?, ldkv as i64, i32_of(n_keys, "n_keys")?, i32_of(n, "n")?);
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, n_head as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: (n_keys * 4) as u32,
+        };
+        unsafe {
+            self.stream
+                .launch_builder(&self.cross_attention)
+                .arg(&q)
+                .arg(&lq)
+                .arg(&kv)
+                .arg(&lkv)
+                .arg(&nk)
+                .arg(&out)
+                .arg(&nn)
+                .launch(cfg)
+        }
+        .map_err(launched("cross_attention"))?;
+        Ok(())
+    }
+
+    /// Keys and values of `rows` = n_seq * t new tokens into this layer's cache slots.
+    #[allow(clippy::too_many_arguments)]
+    pub fn kv_append(
+        &self,
+        qkv: CUdeviceptr,
+        k_cache: CUdeviceptr,
+        v_cache: CUdeviceptr,
+        slots: CUdeviceptr,
+        rows: usize,
+        n: usize,
+        t: usize,
+        len: usize,
+        ctx: usize,
+    ) -> Result<()> {
+        let (r, nn, tt, ll, cc) = (i32_of(rows, "rows")?, i32_of(n, "n")?, i32_of(t, "t")?, i32_of(len, "len")?, i32_of(ctx, "ctx")?);
+        let cfg = grid_stride(rows * n / 8, 256);
+        unsafe {
+            self.stream
+                .launch_builder(&self.kv_append)
+                .arg(&qkv)
+                .arg(&k_cache)
+                .arg(&v_cache)
+                .arg(&slots)
+                .arg(&r)
+                .arg(&nn)
+                .arg(&tt)
+                .arg(&ll)
+                .arg(&cc)
+                .launch(cfg)
+        }
+        .map_err(launched("kv_append"))?;
+        Ok(())
+    }
+
+    /// Copies positions 0..len of every layer from slot `pairs[2p]` to slot `pairs[2p+1]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn kv_copy(
+        &self,
+        k_cache: CUdeviceptr,
+        v_cache: CUdeviceptr,
+        pairs: CUdeviceptr,
+        n_pairs: usize,
+        n_layer: usize,
+        n_slots: usize,
+        ctx: usize,
+        n: usize,
+        len: usize,
+    ) -> Result<()> {
+        if n_pairs == 0 || len == 0 {
+            return Ok(());
+        }
+        let (np, nl, ns, cc, nn, ll) =
+            (i32_of(n_pairs, "pairs")?, i32_of(n_layer, "layers")?, i32_of(n_slots, "slots")?, i32_of(ctx, "ctx")?, i32_of(n, "n")?, i32_of(len, "len")?);
+        let cfg = grid_stride(n_layer * n_pairs * len * n / 8, 256);
+        unsafe {
+            self.stream
+                .launch_builder(&self.kv_copy)
+                .arg(&k_cache)
+                .arg(&v_cache)
+                .arg(&pairs)
+                .arg(&np)
+                .arg(&nl)
+                .arg(&ns)
+                .arg(&cc)
+                .arg(&nn)
+                .arg(&ll)
+                .launch(cfg)
+        }
+        .map_err(launched("kv_copy"))?;
+        Ok(())
+    }
+
+    /// x f32 `[rows][n]` = token embedding + position embedding (row = s * t + i at len + i).
+    #[allow(clippy::too_many_arguments)]
+    pub fn embed_tokens(&self, tokens: CUdeviceptr, tok_emb: CUdeviceptr, pos_emb: CUdeviceptr, x: CUdeviceptr, rows: usize, n: usize, t: usize, len: usize) -> Result<()> {
+        let (nn, tt, ll) = (i32_of(n, "n")?, i32_of(t, "t")?, i32_of(len, "len")?);
+        let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        unsafe {
+            self.stream.launch_builder(&self.embed_tokens).arg(&tokens).arg(&tok_emb).arg(&pos_emb).arg(&x).arg(&nn).arg(&tt).arg(&ll).launch(cfg)
+        }
+        .map_err(launched("embed_tokens"))?;
+        Ok(())
+    }
+
+    /// Per row of f32 `[rows][v]` logits: index and value of the largest logit whose `mask` byte
+    /// is zero (`mask` = 0 for no mask).
+    pub fn masked_argmax(&self, logits: CUdeviceptr, mask: CUdeviceptr, rows: usize, v: usize, ids: CUdeviceptr, vals: CUdeviceptr) -> Result<()> {
+        let vv = i32_of(v, "v")?;
+        let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+        unsafe { self.stream.launch_builder(&self.masked_argmax).arg(&logits).arg(&mask).arg(&vv).arg(&ids).arg(&vals).launch(cfg) }
+            .map_err(launched("masked_argmax"))?;
+        Ok(())
+    }
+}

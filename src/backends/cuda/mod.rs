@@ -1,0 +1,236 @@
+//! The CUDA backend: Whisper in fp16 on an NVIDIA GPU (compute capability 8.0+), from an engine
+//! file that `whisper-trt build` wrote for that GPU.
+//!
+//! Numerics: fp16 weights and activations between layers, f32 accumulation everywhere, the
+//! residual stream in f32 (the attention-out and MLP-out GEMMs add into it in place), LayerNorm
+//! and softmax in f32, exact (erf) GELU: the CPU backend's math at fp16 storage precision.
+//!
+//! Device memory is allocated once at load, sized by the engine's build options (max batch,
+//! beam width): weights, encoder scratch for `max_batch` windows, the decoder's scratch and KV
+//! cache for `max_batch * beam_width` sequences. Audio features (the cross-attention K/V of one
+//! window) come from a pool that only grows until the pipeline's steady state.
+//!
+//! - [`context`]: library checks, context, stream, device buffers.
+//! - [`kernels`]: the cubins of `kernels/*.cu` and their launchers.
+//! - [`gemm`]: cuBLASLt GEMMs, plan cache, tactic selection.
+//! - [`layout`]: canonical weights to the engine's tensors.
+//! - [`weights`]: the engine's tensors on the GPU.
+//! - [`encoder`], [`decoder`]: the model.
+pub mod context;
+pub mod decoder;
+pub mod encoder;
+pub mod gemm;
+pub mod kernels;
+pub mod layout;
+pub mod weights;
+
+pub use decoder::CudaSession;
+
+use crate::backends::Backend;
+use crate::decoding::DecoderSession;
+use crate::engine::{BuildOptions, Engine, EngineTensor, GemmTactic};
+use crate::model::{ModelConfig, Weights};
+use anyhow::{anyhow, bail, Context, Result};
+use context::{DeviceBuffer, Gpu};
+use std::cell::RefCell;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// A Whisper model on the GPU.
+pub struct CudaModel {
+    config: ModelConfig,
+    options: BuildOptions,
+    kernels: kernels::Kernels,
+    gemm: gemm::Gemm,
+    enc: weights::EncoderWeights,
+    dec: weights::DecoderWeights,
+    enc_buf: RefCell<encoder::EncoderBuffers>,
+    dec_state: RefCell<decoder::DecoderState>,
+    pool: Arc<Mutex<Vec<DeviceBuffer>>>,
+    weights: weights::DeviceWeights,
+    // Last: everything above holds device memory of this context.
+    gpu: Gpu,
+}
+
+/// Audio features of one window on the GPU: the cross-attention keys and values of every
+/// decoder layer, fp16 `[n_audio_ctx][n_text_layer * 2 * n_text_state]`.
+pub struct CudaFeatures {
+    buf: Option<DeviceBuffer>,
+    bytes: usize,
+    pool: Arc<Mutex<Vec<DeviceBuffer>>>,
+}
+
+impl CudaFeatures {
+    fn ptr(&self) -> u64 {
+        self.buf.as_ref().map_or(0, |b| b.ptr())
+    }
+}
+
+impl Drop for CudaFeatures {
+    fn drop(&mut self) {
+        if let (Some(buf), Ok(mut pool)) = (self.buf.take(), self.pool.lock()) {
+            pool.push(buf);
+        }
+    }
+}
+
+impl CudaModel {
+    /// Loads an engine file on GPU 0. Never compiles anything: the engine must have been built
+    /// for this GPU's compute capability by this version's kernels.
+    pub fn load(engine_path: &Path) -> Result<Self> {
+        let gpu = Gpu::new(0)?;
+        let engine = Engine::load(engine_path)?;
+        let (major, minor) = gpu.compute_capability;
+        engine.check_compatible(major, minor)?;
+        let h = &engine.header;
+        Self::from_parts(gpu, h.config.clone(), h.options.clone(), &engine.modules, &engine.tensors, &h.tactics)
+            .with_context(|| format!("{}: cannot load the engine", engine_path.display()))
+    }
+
+    /// Test and development path only: builds the model straight from a model directory on GPU 0,
+    /// compiling the kernels in this process with NVRTC and picking GEMM algorithms by cuBLASLt's
+    /// heuristic (no tactic timing). `transcribe` never takes this path; it loads engines.
+    pub fn from_model_dir(dir: &Path, options: BuildOptions) -> Result<Self> {
+        let config = ModelConfig::load(&dir.join("config.json"))?;
+        let weights = Weights::load(&dir.join("model.safetensors"))?;
+        Self::from_weights(config, &weights, options).with_context(|| format!("{}: cannot build the CUDA model", dir.display()))
+    }
+
+    /// [`CudaModel::from_model_dir`] for weights in memory (synthetic weights, tests).
+    pub fn from_weights(config: ModelConfig, weights: &Weights, options: BuildOptions) -> Result<Self> {
+        let gpu = Gpu::new(0)?;
+        let (major, minor) = gpu.compute_capability;
+        let modules = crate::engine::nvrtc::compile_all(major, minor)?;
+        let tensors = layout::engine_tensors(&config, weights)?;
+        Self::from_parts(gpu, config, options, &modules, &tensors, &[])
+    }
+
+    /// Uploads weights, loads the cubins, allocates every buffer and builds the GEMM plans.
+    pub fn from_parts(
+        gpu: Gpu,
+        config: ModelConfig,
+        options: BuildOptions,
+        modules: &[(String, Vec<u8>)],
+        tensors: &[EngineTensor],
+        tactics: &[GemmTactic],
+    ) -> Result<Self> {
+        config.validate()?;
+        layout::check_dims(&config)?;
+        if options.dtype != "fp16" {
+            bail!("engine dtype {:?}: this whisper-trt runs fp16 engines only", options.dtype);
+        }
+        let kernels = kernels::Kernels::load(&gpu, modules)?;
+        let weights = weights::DeviceWeights::upload(&gpu, tensors)?;
+        let enc = weights.encoder(&config)?;
+        let dec = weights.decoder(&config)?;
+        let gemm = gemm::Gemm::new(&gpu, tactics)?;
+        gemm.prepare(&gemm::gemm_shapes(&config, &options))?;
+        let enc_buf = encoder::EncoderBuffers::new(&gpu, &config, options.max_batch)?;
+        let max_seqs = options.max_batch.max(1) * options.beam_width.max(1);
+        let dec_state = decoder::DecoderState::new(&gpu, &config, max_seqs)?;
+        gpu.sync()?;
+        Ok(CudaModel {
+            config,
+            options,
+            kernels,
+            gemm,
+            enc,
+            dec,
+            enc_buf: RefCell::new(enc_buf),
+            dec_state: RefCell::new(dec_state),
+            pool: Arc::new(Mutex::new(Vec::new())),
+            weights,
+            gpu,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn options(&self) -> &BuildOptions {
+        &self.options
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// Bytes of weights on the GPU.
+    pub fn weight_bytes(&self) -> usize {
+        self.weights.bytes()
+    }
+
+    /// The GEMM runner (plans, sources of their algorithms).
+    pub fn gemm(&self) -> &gemm::Gemm {
+        &self.gemm
+    }
+
+    fn features_bytes(&self) -> usize {
+        let c = &self.config;
+        c.n_audio_ctx * c.n_text_layer * 2 * c.n_text_state * 2
+    }
+
+    fn take_features(&self) -> Result<CudaFeatures> {
+        let reuse = self.pool.lock().map_err(|_| anyhow!("feature pool poisoned"))?.pop();
+        let buf = match reuse {
+            Some(b) => b,
+            None => self.gpu.alloc(self.features_bytes())?,
+        };
+        Ok(CudaFeatures { buf: Some(buf), bytes: self.features_bytes(), pool: self.pool.clone() })
+    }
+
+    fn enc_buffers(&self) -> Result<std::cell::RefMut<'_, encoder::EncoderBuffers>> {
+        self.enc_buf.try_borrow_mut().map_err(|_| anyhow!("internal: the encoder is already running"))
+    }
+
+    /// Encodes up to `max_batch` windows in one pass (each mel `[n_mels][2 * n_audio_ctx]`).
+    pub fn encode_batch(&self, mels: &[&[f32]]) -> Result<Vec<CudaFeatures>> {
+        let buf = self.enc_buffers()?;
+        let h = self.run_encoder(&buf, mels)?;
+        let row = (self.config.n_audio_ctx * self.config.n_audio_state * 2) as u64;
+        let mut out = Vec::with_capacity(mels.len());
+        for i in 0..mels.len() {
+            let f = self.take_features()?;
+            self.cross_kv(h + i as u64 * row, f.ptr())?;
+            out.push(f);
+        }
+        Ok(out)
+    }
+
+    /// The encoder's output for one window, f32 `[n_audio_ctx][n_audio_state]` (for checks
+    /// against the CPU backend's `encode`).
+    pub fn encoder_output(&self, mel: &[f32]) -> Result<Vec<f32>> {
+        let buf = self.enc_buffers()?;
+        let h = self.run_encoder(&buf, &[mel])?;
+        let mut out = vec![half::f16::ZERO; self.config.n_audio_ctx * self.config.n_audio_state];
+        self.gpu.copy_from(h, &mut out)?;
+        Ok(out.iter().map(|v| v.to_f32()).collect())
+    }
+
+    /// A decoder session of `n_seq` sequences (at most max_batch * beam_width) over `features`.
+    pub fn session<'a>(&'a self, features: &'a CudaFeatures, n_seq: usize) -> Result<CudaSession<'a>> {
+        self.new_session(features, n_seq)
+    }
+}
+
+impl Backend for CudaModel {
+    type Features = CudaFeatures;
+
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn encode(&self, mel: &[f32]) -> Result<CudaFeatures> {
+        let mut v = self.encode_batch(&[mel])?;
+        v.pop().ok_or_else(|| anyhow!("internal: the encoder returned no features"))
+    }
+
+    fn session<'a>(&'a self, features: &'a CudaFeatures, n_seq: usize) -> Result<Box<dyn DecoderSession + 'a>> {
+        Ok(Box::new(self.new_session(features, n_seq)?))
+    }
+}
