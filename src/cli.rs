@@ -30,6 +30,8 @@ enum Command {
         #[arg(long)]
         tokenizer: Option<PathBuf>,
     },
+    /// Build a GPU engine (fp16) of a model for GPU 0
+    Build(crate::engine::builder::BuildArgs),
     /// Transcribe audio files (wav, flac, mp3, ogg)
     #[command(alias = "run")]
     Transcribe(TranscribeArgs),
@@ -99,6 +101,7 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Convert { input, output, tokenizer } => convert(&input, &output, tokenizer.as_deref()),
+        Command::Build(args) => crate::engine::builder::run(&args),
         Command::Transcribe(args) => transcribe(args),
         Command::Eval(args) => crate::eval::run(args),
     };

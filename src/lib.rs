@@ -16,6 +16,7 @@ pub mod backends;
 pub mod checkpoint;
 pub mod cli;
 pub mod decoding;
+pub mod engine;
 pub mod eval;
 pub mod model;
 pub mod paths;

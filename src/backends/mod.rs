@@ -1,5 +1,6 @@
 //! Compute backends. `cpu` is the f32 reference every other backend is checked against.
 pub mod cpu;
+pub mod cuda;
 
 use crate::decoding::DecoderSession;
 use crate::model::ModelConfig;
