@@ -1,5 +1,6 @@
 //! The CPU backend against openai-whisper's outputs on the random fixture model
 //! (shared/data/fixtures, see its README.txt). Run: `cargo test --release --test cpu_backend`.
+mod common;
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::SafeTensors;
 use serde_json::Value;
@@ -146,9 +147,7 @@ fn encoded() -> &'static Tensor {
 fn encoder_matches_openai_whisper() {
     let (shape, want) = read_npy(&fixtures().join("tiny_random_encoder_out_1500x64_f32.npy")).unwrap();
     assert_eq!(shape, [1500, 64]);
-    let start = std::time::Instant::now();
     let got = encoded();
-    eprintln!("encoder (first call, incl. model load): {:?}", start.elapsed());
     assert_eq!(got.shape, shape);
     let max_diff = got.data.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
@@ -268,12 +267,35 @@ fn bad_input_is_an_error() {
 }
 
 #[test]
+fn converted_fixture_loads_like_the_renamed_one() {
+    // The converter's model directory, through CpuModel::load, computes exactly what the
+    // hand-renamed weights above compute (same f16 values, same code).
+    let tokenizer = common::model_dir("tiny.en").join("tokenizer.json");
+    let dir = common::temp_dir("cpu-backend");
+    let no_vocab = dir.join("no-vocab");
+    std::fs::create_dir_all(&no_vocab).unwrap();
+    let out = dir.join("model");
+    let hf = fixtures().join("tiny_random_hf");
+    let config = whisper_trt::checkpoint::convert_with_models_dir(&hf, &out, Some(&tokenizer), &no_vocab).unwrap();
+    let loaded = CpuModel::load(&out).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(loaded.config(), &config);
+    let (_, mel) = read_npy(&fixtures().join("jfk_mel_80x3000_f32.npy")).unwrap();
+    assert!(loaded.encode(&mel).unwrap() == *encoded(), "encoder outputs differ");
+    let mut a = loaded.session(encoded(), 1).unwrap();
+    let mut b = model().session(encoded(), 1).unwrap();
+    let prompt = [50257, 50362];
+    assert!(a.forward(&[&prompt]).unwrap() == b.forward(&[&prompt]).unwrap(), "logits differ");
+}
+
+#[test]
 fn wrong_shape_is_an_error_naming_the_tensor() {
     let mut tensors = fixture_tensors().unwrap();
     let name = "decoder.blocks.1.cross_attn.value.weight";
     tensors.insert(name.into(), Tensor::new(vec![64, 63], vec![0.0; 64 * 63]));
     let err = CpuModel::new(fixture_config(), Weights::from_map(Path::new("bad.safetensors"), tensors)).err().expect("an error");
     let text = format!("{err:#}");
+    eprintln!("wrong shape: {text}");
     assert!(text.contains(name), "error does not name the tensor: {text}");
 
     let mut tensors = fixture_tensors().unwrap();

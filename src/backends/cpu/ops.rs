@@ -277,6 +277,7 @@ macro_rules! simd_dispatch {
 /// e^x for x in about [-87, 88] (clamped), branch-free so that loops over it vectorise.
 /// Cephes' expf: range reduction by ln 2 in two parts and a degree-6 polynomial, ~1 ulp.
 #[inline(always)]
+#[allow(clippy::excessive_precision)] // the published constants, as published
 fn exp_approx(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const ROUND: f32 = 12582912.0; // 1.5 * 2^23: adding and subtracting it rounds to an integer
@@ -303,6 +304,7 @@ fn exp_approx(x: f32) -> f32 {
 /// tests; torch's own vectorised CPU erf (Abramowitz-Stegun 7.1.26) is off by up to 1.5e-7.
 /// Branch-free, so loops over it vectorise: libm's erff cost ~15% of a transcription.
 #[inline(always)]
+#[allow(clippy::excessive_precision)] // the published constants, as published
 pub fn erf(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
