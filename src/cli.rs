@@ -1,6 +1,8 @@
 //! The command line. Flags follow openai-whisper's CLI where the two overlap (its underscore
 //! spellings are accepted as aliases).
 use crate::backends::cpu::CpuModel;
+use crate::backends::cuda::CudaModel;
+use crate::backends::Backend;
 use crate::decoding::{DecodeOptions, Task};
 use crate::text::Tokenizer;
 use crate::transcribe::{Transcriber, Transcript};
@@ -39,9 +41,19 @@ enum Command {
     Eval(crate::eval::EvalArgs),
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
 pub enum Device {
+    /// The GPU engine when this GPU has one built for the model, else the CPU (saying so once)
+    Auto,
     Cpu,
+    /// The GPU engine built by `whisper-trt build`; an error when there is none
+    Cuda,
+}
+
+/// A transcriber on whichever backend the flags chose.
+pub enum AnyTranscriber {
+    Cpu(Transcriber<CpuModel>),
+    Cuda(Transcriber<CudaModel>),
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -56,8 +68,11 @@ pub struct ModelArgs {
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Where to run the model
-    #[arg(long, value_enum, default_value = "cpu")]
+    #[arg(long, value_enum, default_value = "auto")]
     pub device: Device,
+    /// Engine file for --device cuda/auto (default: the one `whisper-trt build` wrote for the model)
+    #[arg(long)]
+    pub engine: Option<PathBuf>,
     /// Beams for beam search; greedy decoding when not given
     #[arg(long = "beam-size", alias = "beam_size")]
     pub beam_size: Option<usize>,
@@ -134,8 +149,8 @@ fn convert(input: &Path, output: &Path, tokenizer: Option<&Path>) -> Result<i32>
     Ok(0)
 }
 
-/// Loads the model and tokenizer the flags name, on the CPU backend.
-pub fn load_transcriber(args: &ModelArgs) -> Result<Transcriber<CpuModel>> {
+/// Loads the model and tokenizer the flags name, on the backend they choose.
+pub fn load_transcriber(args: &ModelArgs) -> Result<AnyTranscriber> {
     if let Some(n) = args.threads {
         // Ignore the error of a pool already built (only possible when called twice).
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global();
@@ -147,9 +162,6 @@ pub fn load_transcriber(args: &ModelArgs) -> Result<Transcriber<CpuModel>> {
         }
         bail!("{}: not a model directory (no config.json); make one with `whisper-trt convert`", dir.display());
     }
-    let backend = match args.device {
-        Device::Cpu => CpuModel::load(&dir)?,
-    };
     let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
     let options = DecodeOptions {
         task: match args.task {
@@ -161,11 +173,46 @@ pub fn load_transcriber(args: &ModelArgs) -> Result<Transcriber<CpuModel>> {
         patience: args.patience,
         ..DecodeOptions::default()
     };
+    let cuda = match args.device {
+        Device::Cpu => None,
+        Device::Cuda => Some(load_cuda(&dir, args.engine.as_deref())?),
+        Device::Auto => match load_cuda(&dir, args.engine.as_deref()) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                eprintln!("note: {}; transcribing on the CPU", one_line(&e));
+                None
+            }
+        },
+    };
+    let t = match cuda {
+        Some(m) => AnyTranscriber::Cuda(Transcriber::new(m, tokenizer, options)),
+        None => AnyTranscriber::Cpu(Transcriber::new(CpuModel::load(&dir)?, tokenizer, options)),
+    };
     // Checks the options against the model once, before any audio is read.
-    if options.language.is_some() || !crate::backends::Backend::config(&backend).multilingual {
-        crate::decoding::Decoder::new(crate::backends::Backend::config(&backend), &tokenizer, &options)?;
+    let (config, tokenizer, options) = match &t {
+        AnyTranscriber::Cpu(t) => (t.backend.config(), &t.tokenizer, &t.options),
+        AnyTranscriber::Cuda(t) => (t.backend.config(), &t.tokenizer, &t.options),
+    };
+    if options.language.is_some() || !config.multilingual {
+        crate::decoding::Decoder::new(config, tokenizer, options)?;
     }
-    Ok(Transcriber::new(backend, tokenizer, options))
+    Ok(t)
+}
+
+/// The engine `whisper-trt build` made for the model in `dir` and this GPU (or `engine`).
+fn load_cuda(dir: &Path, engine: Option<&Path>) -> Result<CudaModel> {
+    let path = match engine {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let gpu = crate::backends::cuda::context::Gpu::new(0)?;
+            let path = crate::engine::builder::default_engine_path(dir, gpu.compute_capability);
+            if !path.is_file() {
+                bail!("no engine for {} on this GPU at {}: run `whisper-trt build`", dir.display(), path.display());
+            }
+            path
+        }
+    };
+    CudaModel::load(&path)
 }
 
 /// A bar on a terminal, nothing in a pipe (indicatif hides itself when stderr is not a terminal).
@@ -179,7 +226,13 @@ pub fn progress(n: usize) -> ProgressBar {
 }
 
 fn transcribe(args: TranscribeArgs) -> Result<i32> {
-    let transcriber = load_transcriber(&args.model)?;
+    match load_transcriber(&args.model)? {
+        AnyTranscriber::Cpu(t) => transcribe_with(&t, &args),
+        AnyTranscriber::Cuda(t) => transcribe_with(&t, &args),
+    }
+}
+
+fn transcribe_with<B: Backend>(transcriber: &Transcriber<B>, args: &TranscribeArgs) -> Result<i32> {
     if let Some(dir) = &args.output_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create output directory", dir.display()))?;
     }
@@ -187,7 +240,7 @@ fn transcribe(args: TranscribeArgs) -> Result<i32> {
     let mut failures = 0;
     for path in &args.files {
         bar.set_message(path.display().to_string());
-        match transcriber.transcribe_file(path).and_then(|t| emit(&args, path, &t, &bar)) {
+        match transcriber.transcribe_file(path).and_then(|t| emit(args, path, &t, &bar)) {
             Ok(()) => {}
             Err(e) => {
                 failures += 1;

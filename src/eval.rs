@@ -1,6 +1,8 @@
 //! `whisper-trt eval`: word error rate and speed on LibriSpeech-layout data
 //! (`<spk>/<chapter>/<spk>-<chapter>-<utt>.flac` beside `<spk>-<chapter>.trans.txt`).
-use crate::cli::{load_transcriber, one_line, progress, ModelArgs};
+use crate::backends::Backend;
+use crate::cli::{load_transcriber, one_line, progress, AnyTranscriber, ModelArgs};
+use crate::transcribe::Transcriber;
 use crate::text::normalizer::EnglishTextNormalizer;
 use crate::text::wer::{word_edits, WerStats};
 use anyhow::{bail, Context, Result};
@@ -71,7 +73,18 @@ pub fn run(args: EvalArgs) -> Result<i32> {
     if let Some(n) = args.limit {
         utts.truncate(n);
     }
-    let transcriber = load_transcriber(&args.model)?;
+    match load_transcriber(&args.model)? {
+        AnyTranscriber::Cpu(t) => run_with(&t, &args, &normalizer, &utts),
+        AnyTranscriber::Cuda(t) => run_with(&t, &args, &normalizer, &utts),
+    }
+}
+
+fn run_with<B: Backend>(
+    transcriber: &Transcriber<B>,
+    args: &EvalArgs,
+    normalizer: &EnglishTextNormalizer,
+    utts: &[Utterance],
+) -> Result<i32> {
     let mut log = match &args.output {
         Some(p) => Some(std::fs::File::create(p).with_context(|| format!("{}: cannot create", p.display()))?),
         None => None,
@@ -79,7 +92,7 @@ pub fn run(args: EvalArgs) -> Result<i32> {
     let bar = progress(utts.len());
     let (mut stats, mut audio_s, mut failures) = (WerStats::default(), 0.0, 0);
     let start = Instant::now();
-    for u in &utts {
+    for u in utts {
         match transcriber.transcribe_file(&u.audio) {
             Ok(t) => {
                 let (r, h) = (normalizer.normalize(&u.reference), normalizer.normalize(&t.text));

@@ -20,7 +20,9 @@ fn assert_clean_failure(out: &Output, name: &str) -> String {
     assert!(!out.status.success(), "exit status {:?}, stderr {stderr}", out.status);
     assert_eq!(out.status.code(), Some(1), "stderr {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
-    let lines: Vec<&str> = stderr.lines().collect();
+    // Without a GPU engine, `--device auto` adds one "note:" line saying it runs on the CPU.
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("note: ")).collect();
+    assert!(stderr.lines().count() - lines.len() <= 1, "{stderr}");
     assert_eq!(lines.len(), 1, "expected one error line, got {stderr:?}");
     assert!(lines[0].starts_with("error: "), "{stderr}");
     assert!(lines[0].contains(name), "error does not name {name}: {stderr}");
@@ -186,4 +188,20 @@ fn wrong_shapes_in_a_model_dir() {
 fn missing_model_dir() {
     let out = run(&["transcribe", "x.wav", "--model", "/nonexistent/model-dir"]);
     assert_clean_failure(&out, "/nonexistent/model-dir");
+}
+
+/// On a machine without CUDA (CI), auto falls back to the CPU and says so once, and
+/// `--device cuda` is one clear error.
+#[test]
+fn no_gpu_fallback_is_said_once() {
+    let jfk = common::shared().join("data/whisper/jfk.flac");
+    let j = jfk.to_str().unwrap();
+    let out = run(&["transcribe", j, j]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("note: ") && stderr.contains("transcribing on the CPU"), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    let out = run(&["transcribe", j, "--device", "cuda"]);
+    assert_clean_failure(&out, "CUDA");
 }
