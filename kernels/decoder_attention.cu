@@ -83,16 +83,18 @@ __device__ void attend_one(const __half* __restrict__ q, const __half* __restric
 // Rows are sequence-major: row = s * t + i is token i of sequence s, at position len + i, and
 // sees cache positions 0..len+i (its own key included: kv_append ran first).
 // qkv: fp16 [rows][3n] (query pre-scaled); k_cache, v_cache: this layer's fp16 [slots][ctx][n];
-// slots: int [n_seq]; out: fp16 [rows][n]. Dynamic shared memory: (len + t) floats.
+// slots: int [n_seq]; out: fp16 [rows][n]. `len` is read from device memory, so that a captured
+// CUDA graph replays every step unchanged. Dynamic shared memory: ctx floats.
 extern "C" __global__ void __launch_bounds__(128) decoder_self_attention(const __half* __restrict__ qkv,
                                                                          const __half* __restrict__ k_cache,
                                                                          const __half* __restrict__ v_cache,
                                                                          const int* __restrict__ slots,
                                                                          __half* __restrict__ out, int n, int t,
-                                                                         int len, int ctx) {
+                                                                         const int* __restrict__ len_ptr, int ctx) {
     extern __shared__ float sc[];
     const int row = blockIdx.x, h = blockIdx.y;
     const int s = row / t, i = row % t;
+    const int len = *len_ptr;
     const size_t slot_base = (size_t)slots[s] * ctx * n + h * DH;
     attend_one(qkv + (size_t)row * 3 * n + h * DH, k_cache + slot_base, n, v_cache + slot_base, n, len + i + 1,
                out + (size_t)row * n + h * DH, sc);

@@ -4,11 +4,13 @@
 #include <cuda_fp16.h>
 
 // Writes the keys and values of the new tokens of one layer. qkv: fp16 [rows][3n] (key in
-// columns n..2n, value in 2n..3n); row = s * t + i goes to position len + i of slot slots[s].
+// columns n..2n, value in 2n..3n); row = s * t + i goes to position len + i of slot slots[s]
+// (len read from device memory, for graph replay).
 // Requires n % 8 == 0 (16-byte pieces).
 extern "C" __global__ void kv_append(const __half* __restrict__ qkv, __half* __restrict__ k_cache,
                                      __half* __restrict__ v_cache, const int* __restrict__ slots, int rows, int n,
-                                     int t, int len, int ctx) {
+                                     int t, const int* __restrict__ len_ptr, int ctx) {
+    const int len = *len_ptr;
     const int per_row = n / 8;
     const int total = rows * per_row;
     for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += gridDim.x * blockDim.x) {

@@ -263,7 +263,8 @@ fn decoder_attention_matches_cpu() {
     let kc = r.vec16(n_slots * ctx * n, 2.0);
     let vc = r.vec16(n_slots * ctx * n, 2.0);
     let (dqkv, dk, dv, ds, dout) = (fx.f16s(&qkv), fx.f16s(&kc), fx.f16s(&vc), fx.i32s(&slots), fx.poison(rows * n * 2));
-    fx.k.decoder_self_attention(dqkv.ptr(), dk.ptr(), dv.ptr(), ds.ptr(), dout.ptr(), rows, n, heads, t, len, ctx).unwrap();
+    let dlen = fx.i32s(&[len as i32]);
+    fx.k.decoder_self_attention(dqkv.ptr(), dk.ptr(), dv.ptr(), ds.ptr(), dout.ptr(), rows, n, heads, t, dlen.ptr(), ctx).unwrap();
     let mut want = vec![0f64; rows * n];
     for s in 0..n_seq {
         for i in 0..t {
@@ -317,7 +318,8 @@ fn kv_cache_and_embedding_kernels_match_cpu() {
     let (dqkv, dk, dv, ds) = (fx.f16s(&qkv), fx.f16s(&kc), fx.f16s(&vc), fx.i32s(&slots));
     // Append into layer 1.
     let layer_bytes = (n_slots * ctx * n * 2) as u64;
-    fx.k.kv_append(dqkv.ptr(), dk.ptr() + layer_bytes, dv.ptr() + layer_bytes, ds.ptr(), rows, n, t, len, ctx).unwrap();
+    let dlen = fx.i32s(&[len as i32]);
+    fx.k.kv_append(dqkv.ptr(), dk.ptr() + layer_bytes, dv.ptr() + layer_bytes, ds.ptr(), rows, n, t, dlen.ptr(), ctx).unwrap();
     let (mut wk, mut wv) = (kc.clone(), vc.clone());
     let layer = n_slots * ctx * n;
     for s in 0..n_seq {
@@ -359,7 +361,7 @@ fn kv_cache_and_embedding_kernels_match_cpu() {
     let pos = r.vec16(n_ctx * n, 1.0);
     let tokens: Vec<i32> = (0..rows).map(|_| r.below(vocab) as i32).collect();
     let (de, dpos, dt, dx) = (fx.f16s(&emb), fx.f16s(&pos), fx.i32s(&tokens), fx.poison(rows * n * 4));
-    fx.k.embed_tokens(dt.ptr(), de.ptr(), dpos.ptr(), dx.ptr(), rows, n, t, len).unwrap();
+    fx.k.embed_tokens(dt.ptr(), de.ptr(), dpos.ptr(), dx.ptr(), rows, n, t, dlen.ptr()).unwrap();
     let mut want = Vec::new();
     for (row, &tok) in tokens.iter().enumerate() {
         let p = len + row % t;

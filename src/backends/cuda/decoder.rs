@@ -9,7 +9,15 @@ use super::{CudaFeatures, CudaModel};
 use crate::decoding::DecoderSession;
 use crate::model::ModelConfig;
 use anyhow::{anyhow, bail, Result};
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::CudaGraph;
 use std::cell::RefMut;
+use std::collections::HashMap;
+
+/// Whether decode steps run as captured CUDA graphs (`WHISPER_TRT_CUDA_GRAPHS=0` turns it off).
+fn graphs_enabled() -> bool {
+    std::env::var("WHISPER_TRT_CUDA_GRAPHS").map_or(true, |v| v != "0")
+}
 
 /// Device memory of the decoder, sized once by the engine's build options.
 pub struct DecoderState {
@@ -26,11 +34,18 @@ pub struct DecoderState {
     u: DeviceBuffer,
     logits: DeviceBuffer,
     tokens: DeviceBuffer,
+    /// i32: positions filled before the step (kernels read it, so graphs replay unchanged).
+    len: DeviceBuffer,
     slots: DeviceBuffer,
     pairs: DeviceBuffer,
     /// fp16 `[layer][slot][ctx][n]` each.
     k_cache: DeviceBuffer,
     v_cache: DeviceBuffer,
+    /// Captured one-token steps by (sequences, cross K/V address): everything a step reads
+    /// lives at fixed addresses (tokens, len, slot table, the pooled features), so a graph
+    /// replays for any later step of the same shape.
+    graphs: HashMap<(usize, u64), CudaGraph>,
+    use_graphs: bool,
 }
 
 impl DecoderState {
@@ -50,11 +65,21 @@ impl DecoderState {
             u: gpu.alloc(max_rows * 4 * n * 2)?,
             logits: gpu.alloc(max_rows * c.n_vocab * 4)?,
             tokens: gpu.alloc(max_rows * 4)?,
+            len: gpu.alloc(4)?,
             slots: gpu.alloc(max_seqs * 4)?,
             pairs: gpu.alloc(2 * max_seqs * 4)?,
             k_cache: gpu.alloc(cache)?,
             v_cache: gpu.alloc(cache)?,
+            graphs: HashMap::new(),
+            use_graphs: graphs_enabled(),
         })
+    }
+}
+
+impl DecoderState {
+    pub fn set_graphs(&mut self, on: bool) {
+        self.use_graphs = on;
+        self.graphs.clear();
     }
 }
 
@@ -124,13 +149,43 @@ impl CudaSession<'_> {
     }
 
     /// One step over `tc` tokens of every sequence (`ids` sequence-major); logits stay on the GPU.
+    /// One-token steps run as a CUDA graph, captured the first time their shape comes.
     fn step(&mut self, ids: &[i32], tc: usize) -> Result<()> {
+        let m = self.model;
+        m.gpu.copy_to(&self.st.tokens, 0, ids)?;
+        m.gpu.copy_to(&self.st.len, 0, &[self.len as i32])?;
+        let rows = ids.len();
+        if tc == 1 && self.st.use_graphs {
+            let key = (rows, self.cross);
+            if !self.st.graphs.contains_key(&key) {
+                let stream = &m.gpu.stream;
+                stream
+                    .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+                    .map_err(|e| anyhow!("CUDA graph capture: {e:?}"))?;
+                let queued = self.enqueue(rows, tc);
+                let graph = stream.end_capture(CUgraphInstantiate_flags(0));
+                queued?;
+                let graph = graph.map_err(|e| anyhow!("CUDA graph capture: {e:?}"))?;
+                let graph = graph.ok_or_else(|| anyhow!("CUDA graph capture gave no graph"))?;
+                self.st.graphs.insert(key, graph);
+            }
+            let graph = self.st.graphs.get(&key).ok_or_else(|| anyhow!("internal: graph missing"))?;
+            graph.launch().map_err(|e| anyhow!("CUDA graph launch: {e:?}"))?;
+        } else {
+            self.enqueue(rows, tc)?;
+        }
+        self.len += tc;
+        Ok(())
+    }
+
+    /// Queues one step over the tokens and position already on the device.
+    fn enqueue(&self, rows: usize, tc: usize) -> Result<()> {
         let m = self.model;
         let c = &m.config;
         let (k, g, w, st) = (&m.kernels, &m.gemm, &m.dec, &self.st);
-        let (n, rows, len) = (c.n_text_state, ids.len(), self.len);
+        let n = c.n_text_state;
+        let len = st.len.ptr();
         let (x, h, qkv, att, u) = (st.x.ptr(), st.h.ptr(), st.qkv.ptr(), st.att.ptr(), st.u.ptr());
-        m.gpu.copy_to(&st.tokens, 0, ids)?;
         k.embed_tokens(st.tokens.ptr(), w.tok_emb, w.pos, x, rows, n, tc, len)?;
         let layer_bytes = (st.max_seqs * st.ctx * n * 2) as u64;
         let kv_ld = c.n_text_layer * 2 * n;
@@ -151,9 +206,7 @@ impl CudaSession<'_> {
             m.mlp(&b.base, x, h, u, rows, n)?;
         }
         k.layernorm(x, w.ln.g, w.ln.b, h, rows, n, n)?;
-        g.run(&GemmShape::linear(rows, c.n_vocab, n, Out::F32, Epilogue::None, false), w.tok_emb, h, None, st.logits.ptr())?;
-        self.len += tc;
-        Ok(())
+        g.run(&GemmShape::linear(rows, c.n_vocab, n, Out::F32, Epilogue::None, false), w.tok_emb, h, None, st.logits.ptr())
     }
 
     fn run(&mut self, tokens: &[&[u32]]) -> Result<Vec<f32>> {

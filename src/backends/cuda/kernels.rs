@@ -151,7 +151,8 @@ impl Kernels {
         Ok(())
     }
 
-    /// Causal self-attention of `rows` = n_seq * t new tokens over this layer's cache.
+    /// Causal self-attention of `rows` = n_seq * t new tokens over this layer's cache; `len` (the
+    /// positions filled before these tokens) is an i32 in device memory.
     #[allow(clippy::too_many_arguments)]
     pub fn decoder_self_attention(
         &self,
@@ -164,14 +165,14 @@ impl Kernels {
         n: usize,
         n_head: usize,
         t: usize,
-        len: usize,
+        len: CUdeviceptr,
         ctx: usize,
     ) -> Result<()> {
-        let (nn, tt, ll, cc) = (i32_of(n, "n")?, i32_of(t, "t")?, i32_of(len, "len")?, i32_of(ctx, "ctx")?);
+        let (nn, tt, ll, cc) = (i32_of(n, "n")?, i32_of(t, "t")?, len, i32_of(ctx, "ctx")?);
         let cfg = LaunchConfig {
             grid_dim: (rows as u32, n_head as u32, 1),
             block_dim: (128, 1, 1),
-            shared_mem_bytes: ((len + t) * 4) as u32,
+            shared_mem_bytes: (ctx * 4) as u32,
         };
         unsafe {
             self.stream
@@ -228,7 +229,8 @@ impl Kernels {
         Ok(())
     }
 
-    /// Keys and values of `rows` = n_seq * t new tokens into this layer's cache slots.
+    /// Keys and values of `rows` = n_seq * t new tokens into this layer's cache slots, at
+    /// positions from `len` (an i32 in device memory).
     #[allow(clippy::too_many_arguments)]
     pub fn kv_append(
         &self,
@@ -239,10 +241,10 @@ impl Kernels {
         rows: usize,
         n: usize,
         t: usize,
-        len: usize,
+        len: CUdeviceptr,
         ctx: usize,
     ) -> Result<()> {
-        let (r, nn, tt, ll, cc) = (i32_of(rows, "rows")?, i32_of(n, "n")?, i32_of(t, "t")?, i32_of(len, "len")?, i32_of(ctx, "ctx")?);
+        let (r, nn, tt, ll, cc) = (i32_of(rows, "rows")?, i32_of(n, "n")?, i32_of(t, "t")?, len, i32_of(ctx, "ctx")?);
         let cfg = grid_stride(rows * n / 8, 256);
         unsafe {
             self.stream
@@ -300,10 +302,11 @@ impl Kernels {
         Ok(())
     }
 
-    /// x f32 `[rows][n]` = token embedding + position embedding (row = s * t + i at len + i).
+    /// x f32 `[rows][n]` = token embedding + position embedding (row = s * t + i at len + i;
+    /// `len` an i32 in device memory).
     #[allow(clippy::too_many_arguments)]
-    pub fn embed_tokens(&self, tokens: CUdeviceptr, tok_emb: CUdeviceptr, pos_emb: CUdeviceptr, x: CUdeviceptr, rows: usize, n: usize, t: usize, len: usize) -> Result<()> {
-        let (nn, tt, ll) = (i32_of(n, "n")?, i32_of(t, "t")?, i32_of(len, "len")?);
+    pub fn embed_tokens(&self, tokens: CUdeviceptr, tok_emb: CUdeviceptr, pos_emb: CUdeviceptr, x: CUdeviceptr, rows: usize, n: usize, t: usize, len: CUdeviceptr) -> Result<()> {
+        let (nn, tt, ll) = (i32_of(n, "n")?, i32_of(t, "t")?, len);
         let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
         unsafe {
             self.stream.launch_builder(&self.embed_tokens).arg(&tokens).arg(&tok_emb).arg(&pos_emb).arg(&x).arg(&nn).arg(&tt).arg(&ll).launch(cfg)

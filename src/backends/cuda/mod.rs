@@ -161,6 +161,13 @@ impl CudaModel {
         self.weights.bytes()
     }
 
+    /// Runs one-token decoder steps as captured CUDA graphs (the default) or launch by launch.
+    pub fn set_cuda_graphs(&self, on: bool) -> Result<()> {
+        let mut st = self.dec_state.try_borrow_mut().map_err(|_| anyhow!("a decoder session is active"))?;
+        st.set_graphs(on);
+        Ok(())
+    }
+
     /// The GEMM runner (plans, sources of their algorithms).
     pub fn gemm(&self) -> &gemm::Gemm {
         &self.gemm
