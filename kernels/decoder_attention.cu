@@ -111,3 +111,141 @@ extern "C" __global__ void __launch_bounds__(128) cross_attention(const __half* 
     attend_one(q + (size_t)row * ldq + h * DH, kv + h * DH, ldkv, kv + n + h * DH, ldkv, n_keys,
                out + (size_t)row * n + h * DH, sc);
 }
+
+// ---- Split over keys (flash decoding) -------------------------------------------------------
+// One query row has too few heads to fill the GPU, and one block walking 1500 keys is bound by
+// memory latency. These kernels give each block at most SPLIT keys of one (row, head), write
+// its partial result (running max m, sum l of exp(s - m), unnormalised output acc[64]) to a
+// scratch buffer, and attention_combine merges the splits of each (row, head).
+#define SPLIT 128
+#define PART (DH + 2)
+
+// Partial attention of query q over keys k0..min(k0 + SPLIT, n_keys); 128 threads. Eight
+// threads share a key (16 bytes each, 8 dims), so a pass covers 16 keys.
+__device__ void attend_part(const __half* __restrict__ q, const __half* __restrict__ k, long long ldk,
+                            const __half* __restrict__ v, long long ldv, int k0, int n_keys,
+                            float* __restrict__ part) {
+    __shared__ float sc[SPLIT];
+    __shared__ float qs[DH];
+    __shared__ float red[WARPS];
+    __shared__ float acc_s[16][DH];
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int grp = tid >> 3, sub = tid & 7;
+    const int nk = min(SPLIT, n_keys - k0);
+    if (nk <= 0) {  // an empty split (causal rows shorter than the grid): contributes nothing
+        if (tid < DH) part[2 + tid] = 0.f;
+        if (tid == 0) {
+            part[0] = NEG_INF;
+            part[1] = 0.f;
+        }
+        return;
+    }
+    if (tid < DH) qs[tid] = __half2float(q[tid]);
+    __syncthreads();
+    // Scores. The loop runs the same passes in every thread, so the shuffles never diverge.
+    for (int base = 0; base < nk; base += 16) {
+        const int j = base + grp;
+        float d = 0.f;
+        if (j < nk) {
+            const uint4 raw = *reinterpret_cast<const uint4*>(k + (size_t)(k0 + j) * ldk + sub * 8);
+            const __half2* h2 = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const float2 f = __half22float2(h2[e]);
+                d += qs[sub * 8 + 2 * e] * f.x + qs[sub * 8 + 2 * e + 1] * f.y;
+            }
+        }
+        d += __shfl_xor_sync(0xffffffffu, d, 1);
+        d += __shfl_xor_sync(0xffffffffu, d, 2);
+        d += __shfl_xor_sync(0xffffffffu, d, 4);
+        if (j < nk && sub == 0) sc[j] = d;
+    }
+    __syncthreads();
+    float mx = NEG_INF;
+    for (int j = tid; j < nk; j += blockDim.x) mx = fmaxf(mx, sc[j]);
+    mx = warp_max(mx);
+    if (lane == 0) red[warp] = mx;
+    __syncthreads();
+    mx = red[0];
+#pragma unroll
+    for (int w = 1; w < WARPS; w++) mx = fmaxf(mx, red[w]);
+    __syncthreads();
+    float sum = 0.f;
+    for (int j = tid; j < nk; j += blockDim.x) {
+        const float e = expf(sc[j] - mx);
+        sc[j] = e;
+        sum += e;
+    }
+    sum = warp_sum(sum);
+    if (lane == 0) red[warp] = sum;
+    __syncthreads();
+    sum = 0.f;
+#pragma unroll
+    for (int w = 0; w < WARPS; w++) sum += red[w];
+    // P V: each thread accumulates 8 dims over the keys of its group.
+    float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    for (int j = grp; j < nk; j += 16) {
+        const float p = sc[j];
+        const uint4 raw = *reinterpret_cast<const uint4*>(v + (size_t)(k0 + j) * ldv + sub * 8);
+        const __half2* h2 = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const float2 f = __half22float2(h2[e]);
+            acc[2 * e] += p * f.x;
+            acc[2 * e + 1] += p * f.y;
+        }
+    }
+#pragma unroll
+    for (int e = 0; e < 8; e++) acc_s[grp][sub * 8 + e] = acc[e];
+    __syncthreads();
+    if (tid < DH) {
+        float a = 0.f;
+#pragma unroll
+        for (int g2 = 0; g2 < 16; g2++) a += acc_s[g2][tid];
+        part[2 + tid] = a;
+    }
+    if (tid == 0) {
+        part[0] = mx;
+        part[1] = sum;
+    }
+}
+
+// decoder_self_attention over splits: grid (rows, heads, n_splits), 128 threads; part: f32
+// [rows][heads][n_splits][DH + 2]. Other arguments as decoder_self_attention.
+extern "C" __global__ void __launch_bounds__(128) decoder_self_attention_split(
+    const __half* __restrict__ qkv, const __half* __restrict__ k_cache, const __half* __restrict__ v_cache,
+    const int* __restrict__ slots, float* __restrict__ part, int n, int t, const int* __restrict__ len_ptr, int ctx) {
+    const int row = blockIdx.x, h = blockIdx.y, sp = blockIdx.z;
+    const int s = row / t, i = row % t;
+    const int n_keys = *len_ptr + i + 1;
+    const size_t base = (size_t)slots[s] * ctx * n + h * DH;
+    float* p = part + (((size_t)row * gridDim.y + h) * gridDim.z + sp) * PART;
+    attend_part(qkv + (size_t)row * 3 * n + h * DH, k_cache + base, n, v_cache + base, n, sp * SPLIT, n_keys, p);
+}
+
+// cross_attention over splits: grid (rows, heads, n_splits), 128 threads; part as above.
+// Requires n % 8 == 0 and 16-byte aligned key/value rows.
+extern "C" __global__ void __launch_bounds__(128) cross_attention_split(const __half* __restrict__ q, int ldq,
+                                                                        const __half* __restrict__ kv, long long ldkv,
+                                                                        int n_keys, float* __restrict__ part, int n) {
+    const int row = blockIdx.x, h = blockIdx.y, sp = blockIdx.z;
+    float* p = part + (((size_t)row * gridDim.y + h) * gridDim.z + sp) * PART;
+    attend_part(q + (size_t)row * ldq + h * DH, kv + h * DH, ldkv, kv + n + h * DH, ldkv, sp * SPLIT, n_keys, p);
+}
+
+// Merges the n_splits partial results of every (row, head): grid (rows, heads), DH threads.
+// out: fp16 [rows][n], head h in columns h*64..h*64+63.
+extern "C" __global__ void attention_combine(const float* __restrict__ part, int n_splits, __half* __restrict__ out,
+                                             int n) {
+    const int row = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
+    const float* p = part + ((size_t)row * gridDim.y + h) * n_splits * PART;
+    float m = NEG_INF;
+    for (int s = 0; s < n_splits; s++) m = fmaxf(m, p[s * PART]);
+    float l = 0.f, o = 0.f;
+    for (int s = 0; s < n_splits; s++) {
+        const float w = expf(p[s * PART] - m);  // 0 for empty splits (m_s = -inf); split 0 is never empty
+        l += w * p[s * PART + 1];
+        o += w * p[s * PART + 2 + d];
+    }
+    out[(size_t)row * n + h * DH + d] = __float2half_rn(o / l);
+}

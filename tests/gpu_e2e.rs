@@ -107,12 +107,17 @@ fn synthetic_weights_match_cpu() {
         let gf = Backend::encode(&gpu, &mel).unwrap_or_else(|e| panic!("{e:#}"));
         let st = &config.special_tokens;
         let prompt = [st.sot, st.languages[0].1, st.transcribe, st.no_timestamps];
-        for n_seq in [1usize, 3, 5] {
-            let mut c = cpu.session(&cf, n_seq).unwrap();
-            let mut g = gpu.session(&gf, n_seq).unwrap_or_else(|e| panic!("{e:#}"));
-            let e = compare_steps(&mut c, &mut g, &prompt, 12, &format!("{size} n_seq {n_seq}"));
-            assert!(e <= 2e-2, "{size} n_seq {n_seq}: logits relative error {e:.3e}");
+        for split in [false, true] {
+            gpu.set_split_attention(split).unwrap();
+            for n_seq in [1usize, 3, 5] {
+                let mut c = cpu.session(&cf, n_seq).unwrap();
+                let mut g = gpu.session(&gf, n_seq).unwrap_or_else(|e| panic!("{e:#}"));
+                let tag = format!("{size} n_seq {n_seq}{}", if split { " split attention" } else { "" });
+                let e = compare_steps(&mut c, &mut g, &prompt, 12, &tag);
+                assert!(e <= 2e-2, "{tag}: logits relative error {e:.3e}");
+            }
         }
+        gpu.set_split_attention(false).unwrap();
         // A feed longer than one step's rows runs in chunks.
         let mut c = cpu.session(&cf, 5).unwrap();
         let mut g = gpu.session(&gf, 5).unwrap();
@@ -353,8 +358,9 @@ fn synthetic_speed() {
     let f = Backend::encode(&gpu, &mel).unwrap();
     let st = &config.special_tokens;
     let prompt = [st.sot, st.languages[0].1, st.transcribe, st.no_timestamps];
-    for graphs in [true, false] {
+    for (graphs, split) in [(true, false), (false, false), (true, true), (false, true)] {
         gpu.set_cuda_graphs(graphs).unwrap();
+        gpu.set_split_attention(split).unwrap();
         for n_seq in [1usize, 5] {
             let mut s = gpu.session(&f, n_seq).unwrap();
             s.forward(&vec![&prompt[..]; n_seq]).unwrap();
@@ -368,7 +374,12 @@ fn synthetic_speed() {
                 s.forward(&vec![&tok[..]; n_seq]).unwrap();
             }
             let ms = t0.elapsed().as_secs_f64() * 1000.0 / steps as f64;
-            let how = if graphs { "CUDA graph" } else { "launch by launch" };
+            let how = match (graphs, split) {
+                (true, false) => "CUDA graph",
+                (false, false) => "launch by launch",
+                (true, true) => "CUDA graph, split attention",
+                (false, true) => "launch by launch, split attention",
+            };
             println!("{size}: decoder step, {n_seq} sequence(s), {how} (logits to host): {ms:.3} ms");
             assert!(ms.is_finite());
         }

@@ -266,10 +266,10 @@ fn decoder_attention_matches_cpu() {
     let dlen = fx.i32s(&[len as i32]);
     fx.k.decoder_self_attention(dqkv.ptr(), dk.ptr(), dv.ptr(), ds.ptr(), dout.ptr(), rows, n, heads, t, dlen.ptr(), ctx).unwrap();
     let mut want = vec![0f64; rows * n];
-    for s in 0..n_seq {
+    for (s, &slot) in slots.iter().enumerate() {
         for i in 0..t {
             let row = s * t + i;
-            let base = slots[s] as usize * ctx * n;
+            let base = slot as usize * ctx * n;
             for h in 0..heads {
                 let keys: Vec<&[f32]> = (0..=len + i).map(|p| &kc[base + p * n + h * 64..base + p * n + h * 64 + 64]).collect();
                 let values: Vec<&[f32]> = (0..=len + i).map(|p| &vc[base + p * n + h * 64..base + p * n + h * 64 + 64]).collect();
@@ -306,6 +306,69 @@ fn decoder_attention_matches_cpu() {
 
 #[test]
 #[ignore = "needs a GPU: scripts/gpu-test.sh"]
+fn split_decoder_attention_matches_cpu() {
+    use whisper_trt::backends::cuda::kernels::{SPLIT_KEYS, SPLIT_PART};
+    let fx = fixture();
+    let mut r = Rng::new("split_attention");
+    let n = 128;
+    let heads = n / 64;
+    // Self-attention with a long and a short history: several splits, some of them empty.
+    let (n_seq, t, ctx, n_slots) = (2usize, 2usize, 448usize, 3usize);
+    let slots = [2i32, 0];
+    let splits = ctx.div_ceil(SPLIT_KEYS);
+    for len in [300usize, 5] {
+        let rows = n_seq * t;
+        let qkv = r.vec16(rows * 3 * n, 0.5);
+        let kc = r.vec16(n_slots * ctx * n, 2.0);
+        let vc = r.vec16(n_slots * ctx * n, 2.0);
+        let (dqkv, dk, dv, ds, dlen) = (fx.f16s(&qkv), fx.f16s(&kc), fx.f16s(&vc), fx.i32s(&slots), fx.i32s(&[len as i32]));
+        let (dpart, dout) = (fx.poison(rows * heads * splits * SPLIT_PART * 4), fx.poison(rows * n * 2));
+        fx.k.decoder_self_attention_split(dqkv.ptr(), dk.ptr(), dv.ptr(), ds.ptr(), dpart.ptr(), rows, n, heads, t, dlen.ptr(), ctx, splits)
+            .unwrap();
+        fx.k.attention_combine(dpart.ptr(), splits, dout.ptr(), rows, n, heads).unwrap();
+        let mut want = vec![0f64; rows * n];
+        for (s, &slot) in slots.iter().enumerate() {
+            for i in 0..t {
+                let row = s * t + i;
+                let base = slot as usize * ctx * n;
+                for h in 0..heads {
+                    let keys: Vec<&[f32]> = (0..=len + i).map(|p| &kc[base + p * n + h * 64..base + p * n + h * 64 + 64]).collect();
+                    let values: Vec<&[f32]> = (0..=len + i).map(|p| &vc[base + p * n + h * 64..base + p * n + h * 64 + 64]).collect();
+                    let q = &qkv[row * 3 * n + h * 64..row * 3 * n + h * 64 + 64];
+                    want[row * n + h * 64..row * n + h * 64 + 64].copy_from_slice(&attend(q, &keys, &values));
+                }
+            }
+        }
+        check(&format!("decoder_self_attention_split len {len}"), &fx.get_f16(&dout, want.len()), &want);
+    }
+
+    // Cross-attention: 1500 keys in 12 splits, layer 1 of 2, queries of row stride 3n.
+    let (rows, n_keys, layers, layer) = (3usize, 1500usize, 2usize, 1usize);
+    let (ldq, ldkv) = (3 * n, layers * 2 * n);
+    let splits = n_keys.div_ceil(SPLIT_KEYS);
+    let q = r.vec16(rows * ldq, 0.5);
+    let kv = r.vec16(n_keys * ldkv, 2.0);
+    let (dq, dkv) = (fx.f16s(&q), fx.f16s(&kv));
+    let (dpart, dout) = (fx.poison(rows * heads * splits * SPLIT_PART * 4), fx.poison(rows * n * 2));
+    let kv_ptr = dkv.ptr() + (layer * 2 * n * 2) as u64;
+    fx.k.cross_attention_split(dq.ptr(), ldq, kv_ptr, ldkv, n_keys, dpart.ptr(), rows, n, heads).unwrap();
+    fx.k.attention_combine(dpart.ptr(), splits, dout.ptr(), rows, n, heads).unwrap();
+    let mut want = vec![0f64; rows * n];
+    for row in 0..rows {
+        for h in 0..heads {
+            let k0 = layer * 2 * n + h * 64;
+            let v0 = k0 + n;
+            let keys: Vec<&[f32]> = (0..n_keys).map(|j| &kv[j * ldkv + k0..j * ldkv + k0 + 64]).collect();
+            let values: Vec<&[f32]> = (0..n_keys).map(|j| &kv[j * ldkv + v0..j * ldkv + v0 + 64]).collect();
+            let qr = &q[row * ldq + h * 64..row * ldq + h * 64 + 64];
+            want[row * n + h * 64..row * n + h * 64 + 64].copy_from_slice(&attend(qr, &keys, &values));
+        }
+    }
+    check("cross_attention_split", &fx.get_f16(&dout, want.len()), &want);
+}
+
+#[test]
+#[ignore = "needs a GPU: scripts/gpu-test.sh"]
 fn kv_cache_and_embedding_kernels_match_cpu() {
     let fx = fixture();
     let mut r = Rng::new("kv_cache");
@@ -322,10 +385,10 @@ fn kv_cache_and_embedding_kernels_match_cpu() {
     fx.k.kv_append(dqkv.ptr(), dk.ptr() + layer_bytes, dv.ptr() + layer_bytes, ds.ptr(), rows, n, t, dlen.ptr(), ctx).unwrap();
     let (mut wk, mut wv) = (kc.clone(), vc.clone());
     let layer = n_slots * ctx * n;
-    for s in 0..n_seq {
+    for (s, &slot) in slots.iter().enumerate() {
         for i in 0..t {
             let row = s * t + i;
-            let dst = layer + (slots[s] as usize * ctx + len + i) * n;
+            let dst = layer + (slot as usize * ctx + len + i) * n;
             wk[dst..dst + n].copy_from_slice(&qkv[row * 3 * n + n..row * 3 * n + 2 * n]);
             wv[dst..dst + n].copy_from_slice(&qkv[row * 3 * n + 2 * n..row * 3 * n + 3 * n]);
         }

@@ -5,6 +5,7 @@
 //! source continues into several beams.
 use super::context::{DeviceBuffer, Gpu};
 use super::gemm::{Epilogue, GemmShape, Out, PROMPT_TOKENS};
+use super::kernels::{SPLIT_KEYS, SPLIT_PART};
 use super::{CudaFeatures, CudaModel};
 use crate::decoding::DecoderSession;
 use crate::model::ModelConfig;
@@ -17,6 +18,12 @@ use std::collections::HashMap;
 /// Whether decode steps run as captured CUDA graphs (`WHISPER_TRT_CUDA_GRAPHS=0` turns it off).
 fn graphs_enabled() -> bool {
     std::env::var("WHISPER_TRT_CUDA_GRAPHS").map_or(true, |v| v != "0")
+}
+
+/// Whether decoder attention splits the keys over blocks (flash decoding):
+/// `WHISPER_TRT_SPLIT_ATTENTION=1`. Off by default until measured on a GPU.
+fn split_enabled() -> bool {
+    std::env::var("WHISPER_TRT_SPLIT_ATTENTION").is_ok_and(|v| v == "1")
 }
 
 /// Device memory of the decoder, sized once by the engine's build options.
@@ -46,6 +53,12 @@ pub struct DecoderState {
     /// replays for any later step of the same shape.
     graphs: HashMap<(usize, u64), CudaGraph>,
     use_graphs: bool,
+    /// Partial results of the split attention kernels, f32 `[max_rows][n_head][splits][66]`.
+    part: DeviceBuffer,
+    /// Splits covering the self-attention cache and the cross-attention keys.
+    self_splits: usize,
+    cross_splits: usize,
+    use_split: bool,
 }
 
 impl DecoderState {
@@ -54,6 +67,8 @@ impl DecoderState {
         let max_rows = max_seqs * PROMPT_TOKENS;
         let (n, ctx) = (c.n_text_state, c.n_text_ctx);
         let cache = c.n_text_layer * max_seqs * ctx * n * 2;
+        let (self_splits, cross_splits) = (ctx.div_ceil(SPLIT_KEYS), c.n_audio_ctx.div_ceil(SPLIT_KEYS));
+        let part = max_rows * c.n_text_head * self_splits.max(cross_splits) * SPLIT_PART * 4;
         Ok(DecoderState {
             max_seqs,
             max_rows,
@@ -72,6 +87,10 @@ impl DecoderState {
             v_cache: gpu.alloc(cache)?,
             graphs: HashMap::new(),
             use_graphs: graphs_enabled(),
+            part: gpu.alloc(part)?,
+            self_splits,
+            cross_splits,
+            use_split: split_enabled(),
         })
     }
 }
@@ -79,6 +98,11 @@ impl DecoderState {
 impl DecoderState {
     pub fn set_graphs(&mut self, on: bool) {
         self.use_graphs = on;
+        self.graphs.clear();
+    }
+
+    pub fn set_split(&mut self, on: bool) {
+        self.use_split = on;
         self.graphs.clear();
     }
 }
@@ -195,13 +219,24 @@ impl CudaSession<'_> {
             k.layernorm(x, b.base.attn_ln.g, b.base.attn_ln.b, h, rows, n, n)?;
             g.run(&GemmShape::linear(rows, 3 * n, n, Out::F16, Epilogue::Bias, false), b.base.qkv.w, h, Some(b.base.qkv.b), qkv)?;
             k.kv_append(qkv, kc, vc, st.slots.ptr(), rows, n, tc, len, st.ctx)?;
-            k.decoder_self_attention(qkv, kc, vc, st.slots.ptr(), att, rows, n, c.n_text_head, tc, len, st.ctx)?;
+            if st.use_split {
+                let part = st.part.ptr();
+                k.decoder_self_attention_split(qkv, kc, vc, st.slots.ptr(), part, rows, n, c.n_text_head, tc, len, st.ctx, st.self_splits)?;
+                k.attention_combine(part, st.self_splits, att, rows, n, c.n_text_head)?;
+            } else {
+                k.decoder_self_attention(qkv, kc, vc, st.slots.ptr(), att, rows, n, c.n_text_head, tc, len, st.ctx)?;
+            }
             g.run(&GemmShape::linear(rows, n, n, Out::F32, Epilogue::Bias, true), b.base.out.w, att, Some(b.base.out.b), x)?;
             // Cross-attention over the utterance's keys and values (query in `qkv`, stride n).
             k.layernorm(x, b.cross_ln.g, b.cross_ln.b, h, rows, n, n)?;
             g.run(&GemmShape::linear(rows, n, n, Out::F16, Epilogue::Bias, false), b.cross_q.w, h, Some(b.cross_q.b), qkv)?;
             let kv = self.cross + (l * 2 * n * 2) as u64;
-            k.cross_attention(qkv, n, kv, kv_ld, c.n_audio_ctx, att, rows, n, c.n_text_head)?;
+            if st.use_split {
+                k.cross_attention_split(qkv, n, kv, kv_ld, c.n_audio_ctx, st.part.ptr(), rows, n, c.n_text_head)?;
+                k.attention_combine(st.part.ptr(), st.cross_splits, att, rows, n, c.n_text_head)?;
+            } else {
+                k.cross_attention(qkv, n, kv, kv_ld, c.n_audio_ctx, att, rows, n, c.n_text_head)?;
+            }
             g.run(&GemmShape::linear(rows, n, n, Out::F32, Epilogue::Bias, true), b.cross_out.w, att, Some(b.cross_out.b), x)?;
             m.mlp(&b.base, x, h, u, rows, n)?;
         }

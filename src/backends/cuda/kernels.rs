@@ -12,9 +12,13 @@ use std::sync::Arc;
 pub const LN_EPS: f32 = 1e-5;
 /// Whisper's head size; the attention kernels are written for it.
 pub const D_HEAD: usize = 64;
+/// Keys per block of the split (flash-decoding) attention kernels (`SPLIT` in decoder_attention.cu).
+pub const SPLIT_KEYS: usize = 128;
+/// f32 values per partial result of a split: max, sum and D_HEAD outputs.
+pub const SPLIT_PART: usize = D_HEAD + 2;
 
 /// Every kernel: (file stem, kernel name).
-pub const FUNCTIONS: [(&str, &str); 12] = [
+pub const FUNCTIONS: [(&str, &str); 15] = [
     ("layernorm", "layernorm_f32_f16"),
     ("conv", "im2col_conv1"),
     ("conv", "im2col_conv2_gelu"),
@@ -23,6 +27,9 @@ pub const FUNCTIONS: [(&str, &str); 12] = [
     ("flash_attention", "flash_attention"),
     ("decoder_attention", "decoder_self_attention"),
     ("decoder_attention", "cross_attention"),
+    ("decoder_attention", "decoder_self_attention_split"),
+    ("decoder_attention", "cross_attention_split"),
+    ("decoder_attention", "attention_combine"),
     ("kv_cache", "kv_append"),
     ("kv_cache", "kv_copy"),
     ("embedding", "embed_tokens"),
@@ -39,6 +46,9 @@ pub struct Kernels {
     flash_attention: CudaFunction,
     decoder_self_attention: CudaFunction,
     cross_attention: CudaFunction,
+    decoder_self_attention_split: CudaFunction,
+    cross_attention_split: CudaFunction,
+    attention_combine: CudaFunction,
     kv_append: CudaFunction,
     kv_copy: CudaFunction,
     embed_tokens: CudaFunction,
@@ -83,6 +93,9 @@ impl Kernels {
             flash_attention: f("flash_attention", "flash_attention")?,
             decoder_self_attention: f("decoder_attention", "decoder_self_attention")?,
             cross_attention: f("decoder_attention", "cross_attention")?,
+            decoder_self_attention_split: f("decoder_attention", "decoder_self_attention_split")?,
+            cross_attention_split: f("decoder_attention", "cross_attention_split")?,
+            attention_combine: f("decoder_attention", "attention_combine")?,
             kv_append: f("kv_cache", "kv_append")?,
             kv_copy: f("kv_cache", "kv_copy")?,
             embed_tokens: f("embedding", "embed_tokens")?,
@@ -226,6 +239,87 @@ impl Kernels {
                 .launch(cfg)
         }
         .map_err(launched("cross_attention"))?;
+        Ok(())
+    }
+
+    /// [`Kernels::decoder_self_attention`] split over keys: partial results of `n_splits` blocks
+    /// of [`SPLIT_KEYS`] keys per (row, head) into `part` (f32 `[rows][n_head][n_splits][SPLIT_PART]`);
+    /// [`Kernels::attention_combine`] merges them. `n_splits` must cover `len + t` keys.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decoder_self_attention_split(
+        &self,
+        qkv: CUdeviceptr,
+        k_cache: CUdeviceptr,
+        v_cache: CUdeviceptr,
+        slots: CUdeviceptr,
+        part: CUdeviceptr,
+        rows: usize,
+        n: usize,
+        n_head: usize,
+        t: usize,
+        len: CUdeviceptr,
+        ctx: usize,
+        n_splits: usize,
+    ) -> Result<()> {
+        let (nn, tt, cc) = (i32_of(n, "n")?, i32_of(t, "t")?, i32_of(ctx, "ctx")?);
+        let cfg = LaunchConfig { grid_dim: (rows as u32, n_head as u32, n_splits as u32), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        unsafe {
+            self.stream
+                .launch_builder(&self.decoder_self_attention_split)
+                .arg(&qkv)
+                .arg(&k_cache)
+                .arg(&v_cache)
+                .arg(&slots)
+                .arg(&part)
+                .arg(&nn)
+                .arg(&tt)
+                .arg(&len)
+                .arg(&cc)
+                .launch(cfg)
+        }
+        .map_err(launched("decoder_self_attention_split"))?;
+        Ok(())
+    }
+
+    /// [`Kernels::cross_attention`] split over keys (see [`Kernels::decoder_self_attention_split`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn cross_attention_split(
+        &self,
+        q: CUdeviceptr,
+        ldq: usize,
+        kv: CUdeviceptr,
+        ldkv: usize,
+        n_keys: usize,
+        part: CUdeviceptr,
+        rows: usize,
+        n: usize,
+        n_head: usize,
+    ) -> Result<()> {
+        let (lq, lkv, nk, nn) = (i32_of(ldq, "ldq")?, ldkv as i64, i32_of(n_keys, "n_keys")?, i32_of(n, "n")?);
+        let splits = n_keys.div_ceil(SPLIT_KEYS) as u32;
+        let cfg = LaunchConfig { grid_dim: (rows as u32, n_head as u32, splits), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        unsafe {
+            self.stream
+                .launch_builder(&self.cross_attention_split)
+                .arg(&q)
+                .arg(&lq)
+                .arg(&kv)
+                .arg(&lkv)
+                .arg(&nk)
+                .arg(&part)
+                .arg(&nn)
+                .launch(cfg)
+        }
+        .map_err(launched("cross_attention_split"))?;
+        Ok(())
+    }
+
+    /// Merges `n_splits` partial results per (row, head) into fp16 `out` `[rows][n]`.
+    pub fn attention_combine(&self, part: CUdeviceptr, n_splits: usize, out: CUdeviceptr, rows: usize, n: usize, n_head: usize) -> Result<()> {
+        let (ns, nn) = (i32_of(n_splits, "n_splits")?, i32_of(n, "n")?);
+        let cfg = LaunchConfig { grid_dim: (rows as u32, n_head as u32, 1), block_dim: (D_HEAD as u32, 1, 1), shared_mem_bytes: 0 };
+        unsafe { self.stream.launch_builder(&self.attention_combine).arg(&part).arg(&ns).arg(&out).arg(&nn).launch(cfg) }
+            .map_err(launched("attention_combine"))?;
         Ok(())
     }
 

@@ -39,7 +39,7 @@ pub fn check_dims(c: &ModelConfig) -> Result<()> {
     if n != c.n_audio_head * D_HEAD || n != c.n_text_head * D_HEAD {
         bail!("the CUDA backend needs 64-wide attention heads; this model has n_state {n}, heads {} and {}", c.n_audio_head, c.n_text_head);
     }
-    if n % 8 != 0 {
+    if !n.is_multiple_of(8) {
         bail!("the CUDA backend needs n_state divisible by 8, not {n}");
     }
     if c.n_audio_ctx < 64 {
