@@ -1,6 +1,10 @@
 //! CPU backend timings: encoder ms and decoder ms/step, tiny.en and base dimensions.
 //! `cargo bench --bench cpu` (weights are pseudo-random: the cost does not depend on values).
 //! `cargo bench --bench cpu -- <model dir>...` times canonical model directories instead.
+//! Environment: `RAYON_NUM_THREADS` (threads), `CPU_BENCH_ENCODER_ONLY=1`, `CPU_BENCH_ENCODER_REPS=N`,
+//! `CPU_BENCH_NSEQ=1,5` (decoder sequences), `CPU_BENCH_MICRO=1` (single products of decoder shapes,
+//! against gemm's GEMV). The "cpu" figures are the CPU time of all threads: with a busy machine,
+//! `RAYON_NUM_THREADS=1` and those give the work done whatever the wall clock says.
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
