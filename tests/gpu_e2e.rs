@@ -117,7 +117,7 @@ fn synthetic_weights_match_cpu() {
                 assert!(e <= 2e-2, "{tag}: logits relative error {e:.3e}");
             }
         }
-        gpu.set_split_attention(false).unwrap();
+        gpu.set_split_attention(true).unwrap();
         // A feed longer than one step's rows runs in chunks.
         let mut c = cpu.session(&cf, 5).unwrap();
         let mut g = gpu.session(&gf, 5).unwrap();

@@ -20,10 +20,11 @@ fn graphs_enabled() -> bool {
     std::env::var("WHISPER_TRT_CUDA_GRAPHS").map_or(true, |v| v != "0")
 }
 
-/// Whether decoder attention splits the keys over blocks (flash decoding):
-/// `WHISPER_TRT_SPLIT_ATTENTION=1`. Off by default until measured on a GPU.
+/// Whether decoder attention splits the keys over blocks (flash decoding): the default, since on
+/// an H100 it made the large-v2 step 2.4x faster at batch 1 (2.80 vs 6.64 ms);
+/// `WHISPER_TRT_SPLIT_ATTENTION=0` selects one block per (row, head).
 fn split_enabled() -> bool {
-    std::env::var("WHISPER_TRT_SPLIT_ATTENTION").is_ok_and(|v| v == "1")
+    std::env::var("WHISPER_TRT_SPLIT_ATTENTION").map_or(true, |v| v != "0")
 }
 
 /// Device memory of the decoder, sized once by the engine's build options.

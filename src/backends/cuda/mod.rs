@@ -169,7 +169,7 @@ impl CudaModel {
     }
 
     /// Decoder attention split over keys across blocks (flash decoding) or one block per
-    /// (row, head); the default comes from `WHISPER_TRT_SPLIT_ATTENTION` (off unless "1").
+    /// (row, head); the default comes from `WHISPER_TRT_SPLIT_ATTENTION` (on unless "0").
     pub fn set_split_attention(&self, on: bool) -> Result<()> {
         let mut st = self.dec_state.try_borrow_mut().map_err(|_| anyhow!("a decoder session is active"))?;
         st.set_split(on);
