@@ -7,7 +7,6 @@ mod attention;
 mod decoder;
 mod encoder;
 pub mod ops;
-mod skinny;
 
 pub use decoder::CpuSession;
 

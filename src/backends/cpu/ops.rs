@@ -3,7 +3,6 @@
 //!
 //! Shapes here are internal invariants checked by the callers (the model code validates every
 //! input first), so a violated bound is a bug and panics via `assert!` rather than corrupting memory.
-use super::skinny::{self, skinny_matmul};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -62,10 +61,6 @@ unsafe impl Sync for SharedMut {}
 const PAR_MIN_WORK: usize = 1 << 17;
 /// From this many rows on, gemm parallelises itself; below, we split the columns.
 const GEMM_PAR_MIN_ROWS: usize = 64;
-/// Up to this many rows, a product with a row-major weight runs on the skinny kernel.
-const SKINNY_MAX_ROWS: usize = 8;
-/// The skinny kernel spreads over threads from this many weights on.
-const SKINNY_PAR_MIN_WEIGHTS: usize = 1 << 18;
 
 /// `dst[m][n] (+)= a · b` with `dst` row-major of row stride `dst_rs` (column stride 1).
 /// `accumulate` adds to what `dst` holds (bias or residual), otherwise overwrites it.
@@ -113,12 +108,7 @@ pub unsafe fn matmul_ptr(
     }
     let work = m * n * k;
     let threads = if allow_par { rayon::current_num_threads() } else { 1 };
-    if m <= SKINNY_MAX_ROWS && a.cs == 1 && b.rs == 1 && skinny::available() {
-        // Decoder steps: few rows against a (large) weight matrix; see `skinny`.
-        // Threads only pay off for weights of a MB or more (rayon's hand-off costs microseconds).
-        let parallel = threads > 1 && n * k >= SKINNY_PAR_MIN_WEIGHTS;
-        skinny_matmul(dst, dst_len, dst_rs, a.data, a.rs, b.data, b.cs, m, n, k, accumulate, parallel);
-    } else if work < PAR_MIN_WORK || threads == 1 {
+    if work < PAR_MIN_WORK || threads == 1 {
         gemm_raw(m, n, k, dst.0, dst_rs, a, b, 0, accumulate, Parallelism::None);
     } else if m >= GEMM_PAR_MIN_ROWS {
         gemm_raw(m, n, k, dst.0, dst_rs, a, b, 0, accumulate, Parallelism::Rayon(0));
