@@ -107,17 +107,23 @@ fn synthetic_weights_match_cpu() {
         let gf = Backend::encode(&gpu, &mel).unwrap_or_else(|e| panic!("{e:#}"));
         let st = &config.special_tokens;
         let prompt = [st.sot, st.languages[0].1, st.transcribe, st.no_timestamps];
-        for split in [false, true] {
+        for (split, gemv) in [(false, true), (true, true), (true, false)] {
             gpu.set_split_attention(split).unwrap();
+            gpu.set_gemv(gemv).unwrap();
             for n_seq in [1usize, 3, 5] {
                 let mut c = cpu.session(&cf, n_seq).unwrap();
                 let mut g = gpu.session(&gf, n_seq).unwrap_or_else(|e| panic!("{e:#}"));
-                let tag = format!("{size} n_seq {n_seq}{}", if split { " split attention" } else { "" });
+                let tag = format!(
+                    "{size} n_seq {n_seq}{}{}",
+                    if split { " split attention" } else { " unsplit attention" },
+                    if gemv { " GEMV" } else { " cuBLASLt" }
+                );
                 let e = compare_steps(&mut c, &mut g, &prompt, 12, &tag);
                 assert!(e <= 2e-2, "{tag}: logits relative error {e:.3e}");
             }
         }
         gpu.set_split_attention(true).unwrap();
+        gpu.set_gemv(false).unwrap();
         // A feed longer than one step's rows runs in chunks.
         let mut c = cpu.session(&cf, 5).unwrap();
         let mut g = gpu.session(&gf, 5).unwrap();
@@ -326,7 +332,9 @@ fn base_greedy_matches_cpu() {
 }
 
 /// Speed on synthetic weights (`WHISPER_TRT_SPEED_SIZE`, default large-v2): encoder per window at
-/// batch 1 and at the engine's max batch, decoder step at batch 1 (logits copied to the host).
+/// batch 1 and at the engine's max batch (`WHISPER_TRT_SPEED_BATCH`, default 8), decoder step at
+/// 1 and 5 sequences: with the logits copied to the host, without (synchronised every step), and
+/// queued back to back.
 /// Prints numbers; asserts only that they are finite.
 #[test]
 #[ignore = "needs a GPU: scripts/gpu-test.sh"]
@@ -358,30 +366,57 @@ fn synthetic_speed() {
     let f = Backend::encode(&gpu, &mel).unwrap();
     let st = &config.special_tokens;
     let prompt = [st.sot, st.languages[0].1, st.transcribe, st.no_timestamps];
-    for (graphs, split) in [(true, false), (false, false), (true, true), (false, true)] {
+    // (CUDA graphs, split attention, GEMV kernel): the default (graphs, split, cuBLASLt) second.
+    for (graphs, split, gemv) in [(true, true, true), (true, true, false), (true, false, true), (false, true, true)] {
         gpu.set_cuda_graphs(graphs).unwrap();
         gpu.set_split_attention(split).unwrap();
+        gpu.set_gemv(gemv).unwrap();
+        let how = format!(
+            "{}{}{}",
+            if graphs { "CUDA graph" } else { "launch by launch" },
+            if split { ", split attention" } else { ", unsplit attention" },
+            if gemv { ", GEMV" } else { ", cuBLASLt" }
+        );
         for n_seq in [1usize, 5] {
             let mut s = gpu.session(&f, n_seq).unwrap();
             s.forward(&vec![&prompt[..]; n_seq]).unwrap();
             let steps = 100;
-            let mut t0 = Instant::now();
-            for i in 0..steps + 2 {
-                if i == 2 {
-                    t0 = Instant::now(); // after capture
-                }
-                let tok = [1000 + i as u32];
-                s.forward(&vec![&tok[..]; n_seq]).unwrap();
-            }
-            let ms = t0.elapsed().as_secs_f64() * 1000.0 / steps as f64;
-            let how = match (graphs, split) {
-                (true, false) => "CUDA graph",
-                (false, false) => "launch by launch",
-                (true, true) => "CUDA graph, split attention",
-                (false, true) => "launch by launch, split attention",
+            let mut tok = 1000u32;
+            let mut next = || {
+                tok += 1;
+                [tok]
             };
-            println!("{size}: decoder step, {n_seq} sequence(s), {how} (logits to host): {ms:.3} ms");
-            assert!(ms.is_finite());
+            // Two steps first: graph capture.
+            for _ in 0..2 {
+                let t = next();
+                s.forward(&vec![&t[..]; n_seq]).unwrap();
+            }
+            let t0 = Instant::now();
+            for _ in 0..steps {
+                let t = next();
+                s.forward(&vec![&t[..]; n_seq]).unwrap();
+            }
+            let copy = t0.elapsed().as_secs_f64() * 1000.0 / steps as f64;
+            let t0 = Instant::now();
+            for _ in 0..steps {
+                let t = next();
+                s.step_on_device(&vec![&t[..]; n_seq]).unwrap();
+                gpu.gpu().sync().unwrap();
+            }
+            let synced = t0.elapsed().as_secs_f64() * 1000.0 / steps as f64;
+            let t0 = Instant::now();
+            for _ in 0..steps {
+                let t = next();
+                s.step_on_device(&vec![&t[..]; n_seq]).unwrap();
+            }
+            gpu.gpu().sync().unwrap();
+            let queued = t0.elapsed().as_secs_f64() * 1000.0 / steps as f64;
+            println!(
+                "{size}: decoder step, {n_seq} seq, {how}: {copy:.3} ms (logits to host), {synced:.3} ms (no copy, sync each step), {queued:.3} ms (no copy, queued)"
+            );
+            assert!(copy.is_finite() && synced.is_finite() && queued.is_finite());
         }
     }
+    gpu.set_gemv(false).unwrap();
+    gpu.set_split_attention(true).unwrap();
 }

@@ -7,7 +7,7 @@
 use half::f16;
 use whisper_trt::backends::cuda::context::{DeviceBuffer, Gpu};
 use whisper_trt::backends::cuda::gemm::{pick_tactics, Epilogue, Gemm, GemmShape, Out};
-use whisper_trt::backends::cuda::kernels::Kernels;
+use whisper_trt::backends::cuda::kernels::{GemvOut, Kernels};
 use whisper_trt::engine::nvrtc;
 
 const TOL: f64 = 2e-3;
@@ -463,6 +463,118 @@ fn masked_argmax_matches_cpu() {
     }
     assert_eq!(ids[1], 7, "tie: the lower index wins");
     println!("masked_argmax: {rows} rows exact");
+}
+
+/// The GEMV kernel of decode steps, every output mode, with and without the fused LayerNorm,
+/// against f64 on the CPU (LayerNorm rounded to fp16 as the kernel stores it).
+#[test]
+#[ignore = "needs a GPU: scripts/gpu-test.sh"]
+fn gemv_matches_cpu() {
+    let fx = fixture();
+    let mut r = Rng::new("gemv");
+    let outs = [GemvOut::F16, GemvOut::F16Gelu, GemvOut::F32, GemvOut::F32Add];
+    for (m, n, k, ln) in [(1, 1000, 384, true), (3, 1280, 1280, true), (8, 517, 1280, false), (5, 384, 1536, false), (1, 2560, 5120, false), (2, 96, 640, true)] {
+        for (o, &out) in outs.iter().enumerate() {
+            let f16_out = matches!(out, GemvOut::F16 | GemvOut::F16Gelu);
+            let w = r.vec16(n * k, 1.0 / (k as f32).sqrt());
+            let bias = if f16_out { r.vec16(n, 0.5) } else { r.vec(n, 0.5) };
+            let with_bias = o != 2 || m != 8; // one case without bias
+            // x: the f32 residual stream (LayerNorm fused) or fp16 rows.
+            let xs: Vec<f32> = if ln { (0..m * k).map(|_| 2.0 + r.uniform(3.0)).collect() } else { r.vec16(m * k, 1.0) };
+            let g: Vec<f32> = (0..k).map(|_| 1.0 + r.uniform(0.5)).collect();
+            let be = r.vec(k, 0.5);
+            let (gr, ber) = (&g, &be);
+            let xin: Vec<f64> = if ln {
+                xs.chunks(k)
+                    .flat_map(|row| {
+                        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / k as f64;
+                        let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / k as f64;
+                        let rstd = 1.0 / (var + 1e-5).sqrt();
+                        row.iter().enumerate().map(move |(i, &v)| r16(((v as f64 - mean) * rstd * gr[i] as f64 + ber[i] as f64) as f32) as f64).collect::<Vec<_>>()
+                    })
+                    .collect()
+            } else {
+                xs.iter().map(|&v| v as f64).collect()
+            };
+            let y0 = r.vec(m * n, 1.0);
+            let dx = if ln { fx.f32s(&xs) } else { fx.f16s(&xs) };
+            let (dw, dg, dbe) = (fx.f16s(&w), fx.f32s(&g), fx.f32s(&be));
+            let db = if f16_out { fx.f16s(&bias) } else { fx.f32s(&bias) };
+            let dy = match out {
+                GemvOut::F32Add => fx.f32s(&y0),
+                GemvOut::F32 => fx.poison(m * n * 4),
+                _ => fx.poison(m * n * 2),
+            };
+            let lnp = ln.then(|| (dg.ptr(), dbe.ptr()));
+            let b = with_bias.then(|| db.ptr());
+            fx.k.gemv(dw.ptr(), dx.ptr(), lnp, b, dy.ptr(), m, n, k, k, n, out).unwrap_or_else(|e| panic!("{e:#}"));
+            let mut want = vec![0f64; m * n];
+            for i in 0..m {
+                for j in 0..n {
+                    let mut acc: f64 = (0..k).map(|p| xin[i * k + p] * w[j * k + p] as f64).sum();
+                    if with_bias {
+                        acc += bias[j] as f64;
+                    }
+                    want[i * n + j] = match out {
+                        GemvOut::F16Gelu => gelu(r16(acc as f32) as f64),
+                        GemvOut::F32Add => acc + y0[i * n + j] as f64,
+                        _ => acc,
+                    };
+                }
+            }
+            let got = if f16_out { fx.get_f16(&dy, m * n) } else { fx.get_f32(&dy, m * n) };
+            check(&format!("gemv {m}x{n}x{k} {out:?} layernorm {ln} bias {with_bias}"), &got, &want);
+        }
+    }
+}
+
+/// Not a check: time of the GEMV kernel and of cuBLASLt (heuristic plan) on the decode-step
+/// shapes of large-v2, over rotating weights (more than the L2 cache holds). Prints GB/s.
+#[test]
+#[ignore = "needs a GPU: scripts/gpu-test.sh"]
+fn gemv_speed() {
+    let fx = fixture();
+    let mut r = Rng::new("gemv speed");
+    let gemm = Gemm::new(&fx.gpu, &[]).unwrap_or_else(|e| panic!("{e:#}"));
+    let pool_elems = 160 << 20; // 320 MB of fp16 weights
+    let pool = fx.f16s(&r.vec(pool_elems, 0.05));
+    let x = fx.f16s(&r.vec16(8 * 5120, 1.0));
+    let y = fx.poison(8 * 51865 * 4);
+    let bias = fx.f32s(&r.vec(51865, 0.1));
+    let reps = 200;
+    for m in [1usize, 5] {
+        for (n, k) in [(1280, 1280), (3840, 1280), (5120, 1280), (1280, 5120), (51865, 1280)] {
+            let bytes = n * k * 2;
+            let copies = (pool_elems * 2 / bytes).max(1);
+            let time = |gemv: bool| {
+                let run = |i: usize| {
+                    let w = pool.ptr() + ((i % copies) * bytes) as u64;
+                    if gemv {
+                        fx.k.gemv(w, x.ptr(), None, Some(bias.ptr()), y.ptr(), m, n, k, k, n, GemvOut::F32).unwrap();
+                    } else {
+                        let s = GemmShape::linear(m, n, k, Out::F32, Epilogue::Bias, false);
+                        gemm.run(&s, w, x.ptr(), Some(bias.ptr()), y.ptr()).unwrap();
+                    }
+                };
+                for i in 0..10 {
+                    run(i);
+                }
+                fx.gpu.sync().unwrap();
+                let t0 = std::time::Instant::now();
+                for i in 0..reps {
+                    run(i);
+                }
+                fx.gpu.sync().unwrap();
+                t0.elapsed().as_secs_f64() * 1e6 / reps as f64
+            };
+            let (tg, tc) = (time(true), time(false));
+            println!(
+                "m {m} n {n:5} k {k}: GEMV {tg:6.2} us ({:5.0} GB/s), cuBLASLt {tc:6.2} us ({:5.0} GB/s)",
+                bytes as f64 / tg / 1e3,
+                bytes as f64 / tc / 1e3
+            );
+        }
+    }
 }
 
 fn gemm_reference(s: &GemmShape, x: &[f32], w: &[f32], bias: &[f32], y0: &[f32]) -> Vec<f64> {

@@ -18,7 +18,7 @@ pub const SPLIT_KEYS: usize = 128;
 pub const SPLIT_PART: usize = D_HEAD + 2;
 
 /// Every kernel: (file stem, kernel name).
-pub const FUNCTIONS: [(&str, &str); 15] = [
+pub const FUNCTIONS: [(&str, &str); 16] = [
     ("layernorm", "layernorm_f32_f16"),
     ("conv", "im2col_conv1"),
     ("conv", "im2col_conv2_gelu"),
@@ -34,7 +34,36 @@ pub const FUNCTIONS: [(&str, &str); 15] = [
     ("kv_cache", "kv_copy"),
     ("embedding", "embed_tokens"),
     ("logits", "masked_argmax"),
+    ("gemv", "gemv_f16"),
 ];
+
+/// Rows the GEMV kernel takes at most (`GEMV_MAX_M` in gemv.cu).
+pub const GEMV_MAX_M: usize = 8;
+/// Warps per block of the GEMV kernel (`GEMV_WARPS`), one output feature each.
+const GEMV_WARPS: usize = 4;
+
+/// What the GEMV kernel writes (see gemv.cu).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemvOut {
+    /// fp16 `y = acc + bias`.
+    F16,
+    /// fp16 `y = gelu(fp16(acc + bias))` (exact erf GELU).
+    F16Gelu,
+    /// f32 `y = acc + bias`.
+    F32,
+    /// f32 `y += acc + bias` (the residual stream).
+    F32Add,
+}
+
+/// Whether the GEMV kernel takes `m` rows of `k` inputs, and whether it can also fuse the
+/// LayerNorm of its input (rows of `k` f32 kept in registers: k % 128 == 0, k <= 1280).
+pub fn gemv_fits(m: usize, k: usize) -> bool {
+    (1..=GEMV_MAX_M).contains(&m) && k % 8 == 0
+}
+
+pub fn gemv_fuses_ln(m: usize, k: usize) -> bool {
+    gemv_fits(m, k) && k % 128 == 0 && k <= 1280
+}
 
 pub struct Kernels {
     stream: Arc<CudaStream>,
@@ -53,6 +82,10 @@ pub struct Kernels {
     kv_copy: CudaFunction,
     embed_tokens: CudaFunction,
     masked_argmax: CudaFunction,
+    gemv_f16: CudaFunction,
+    /// GEMV blocks resident at once (4 per multiprocessor at its 128 registers per thread):
+    /// the grid never exceeds one wave; warps stride over the remaining outputs.
+    gemv_wave: usize,
 }
 
 fn grid_stride(total: usize, threads: u32) -> LaunchConfig {
@@ -100,6 +133,11 @@ impl Kernels {
             kv_copy: f("kv_cache", "kv_copy")?,
             embed_tokens: f("embedding", "embed_tokens")?,
             masked_argmax: f("logits", "masked_argmax")?,
+            gemv_f16: f("gemv", "gemv_f16")?,
+            gemv_wave: 4 * gpu
+                .ctx
+                .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+                .map_or(108, |v| v.max(1) as usize),
         })
     }
 
@@ -416,6 +454,67 @@ impl Kernels {
         let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
         unsafe { self.stream.launch_builder(&self.masked_argmax).arg(&logits).arg(&mask).arg(&vv).arg(&ids).arg(&vals).launch(cfg) }
             .map_err(launched("masked_argmax"))?;
+        Ok(())
+    }
+
+    /// `y[r] (+)= x'[r] · wᵀ + bias` for `m` rows (at most [`GEMV_MAX_M`]): w fp16 `[n][k]`,
+    /// bias in the output's type (or none). `ln = Some((gamma, beta))`: x is the f32 residual
+    /// stream `[m][k]` and x' its LayerNorm (see [`gemv_fuses_ln`]); else x' = x, fp16 rows of
+    /// stride `ldx`. y rows of stride `ldy`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv(
+        &self,
+        w: CUdeviceptr,
+        x: CUdeviceptr,
+        ln: Option<(CUdeviceptr, CUdeviceptr)>,
+        bias: Option<CUdeviceptr>,
+        y: CUdeviceptr,
+        m: usize,
+        n: usize,
+        k: usize,
+        ldx: usize,
+        ldy: usize,
+        out: GemvOut,
+    ) -> Result<()> {
+        let fits = if ln.is_some() { gemv_fuses_ln(m, k) } else { gemv_fits(m, k) && ldx % 8 == 0 };
+        if !fits {
+            return Err(anyhow!("internal: GEMV of {m} rows x {k} inputs (ldx {ldx}, LayerNorm {}) is out of the kernel's range", ln.is_some()));
+        }
+        let (g, b) = ln.unwrap_or((0, 0));
+        let bias = bias.unwrap_or(0);
+        let mode: i32 = match out {
+            GemvOut::F16 => 0,
+            GemvOut::F16Gelu => 1,
+            GemvOut::F32 => 2,
+            GemvOut::F32Add => 3,
+        };
+        let (mm, nn, kk, lx, ly, eps) = (i32_of(m, "m")?, i32_of(n, "n")?, i32_of(k, "k")?, i32_of(ldx, "ldx")?, i32_of(ldy, "ldy")?, LN_EPS);
+        // One wave at most (with LayerNorm fused, every block normalises the rows again).
+        let blocks = n.div_ceil(GEMV_WARPS).min(self.gemv_wave);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks.clamp(1, 1 << 20) as u32, 1, 1),
+            block_dim: ((GEMV_WARPS * 32) as u32, 1, 1),
+            shared_mem_bytes: if ln.is_some() { (m * k * 2) as u32 } else { 0 },
+        };
+        unsafe {
+            self.stream
+                .launch_builder(&self.gemv_f16)
+                .arg(&w)
+                .arg(&x)
+                .arg(&g)
+                .arg(&b)
+                .arg(&eps)
+                .arg(&bias)
+                .arg(&y)
+                .arg(&mm)
+                .arg(&nn)
+                .arg(&kk)
+                .arg(&lx)
+                .arg(&ly)
+                .arg(&mode)
+                .launch(cfg)
+        }
+        .map_err(launched("gemv_f16"))?;
         Ok(())
     }
 }

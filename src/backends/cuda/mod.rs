@@ -176,6 +176,14 @@ impl CudaModel {
         Ok(())
     }
 
+    /// Dense layers of decode steps of at most 8 rows through the GEMV kernel (LayerNorm and GELU
+    /// fused) or cuBLASLt; the default comes from `WHISPER_TRT_GEMV` (cuBLASLt unless "1").
+    pub fn set_gemv(&self, on: bool) -> Result<()> {
+        let mut st = self.dec_state.try_borrow_mut().map_err(|_| anyhow!("a decoder session is active"))?;
+        st.set_gemv(on);
+        Ok(())
+    }
+
     /// The GEMM runner (plans, sources of their algorithms).
     pub fn gemm(&self) -> &gemm::Gemm {
         &self.gemm
