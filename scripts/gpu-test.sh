@@ -65,6 +65,10 @@ for line in sys.stdin:
         xz -9 -T0 "$tree/bin/$name"
     done
     [[ -f $tree/bin/gpu_kernels.xz && -f $tree/bin/gpu_e2e.xz ]] || die "test binaries not found in cargo's output"
+    # The binary itself, for the cli suite (build, transcribe and eval as a user runs them).
+    (cd "${WHISPER_TRT_BUILD_DIR:-$repo}" && cargo build --release) || die "cargo build --release failed"
+    strip -o "$tree/bin/whisper-trt" "${WHISPER_TRT_BUILD_DIR:-$repo}/target/release/whisper-trt"
+    xz -9 -T0 "$tree/bin/whisper-trt"
 
     # Shared test data (as ../shared lays it out).
     local d=$tree/shared/data
@@ -188,6 +192,10 @@ run() {
             base) bin=gpu_e2e filter=base_greedy_matches_cpu ;;
             speed) bin=gpu_e2e filter=synthetic_speed ;;
             gemv-speed) bin=gpu_kernels filter=gemv_speed ;;
+            cli)
+                echo "=== cli" | tee -a "$log"
+                if ! cli_suite 2>&1 | tee -a "$log"; then failed+=(cli); fi
+                continue ;;
             *) die "unknown suite $s" ;;
         esac
         echo "=== $s" | tee -a "$log"
@@ -207,6 +215,43 @@ run() {
         exit 1
     fi
     echo "gpu-test.sh: all passed: ${suites[*]}" | tee -a "$log"
+}
+
+# Runs a command and prints its wall time (the GPU machine may have no /usr/bin/time).
+timed() {
+    local label=$1 t0 t1
+    shift
+    t0=$(date +%s.%N)
+    "$@" || return 1
+    t1=$(date +%s.%N)
+    python3 -c "print('$label wall %.2f s' % ($t1 - $t0))" >&2
+}
+
+# The command line as a user runs it, per packed model: build the engine, transcribe jfk.flac with
+# the default device (must pick the GPU engine by itself), then eval on LibriSpeech on the GPU and
+# on the CPU for comparison.
+cli_suite() {
+    # errexit does not hold inside an `if`, so every step checks its own status.
+    local wt=$STAGE/bin/whisper-trt jfk=$STAGE/shared/data/whisper/jfk.flac
+    local spelling=$STAGE/shared/data/whisper/english.json ls=$STAGE/shared/data/librispeech/LibriSpeech
+    for m in $(cat "$STAGE/models.txt"); do
+        local dir=$STAGE/models/$m
+        echo "--- $m: build"
+        timed "build" "$wt" build --model "$dir" || return 1
+        echo "--- $m: transcribe jfk.flac (device auto)"
+        "$wt" transcribe "$jfk" --model "$dir" 2>"$STAGE/cli-stderr" >"$STAGE/cli-stdout" || { cat "$STAGE/cli-stderr"; return 1; }
+        cat "$STAGE/cli-stdout"
+        if grep -q "note:" "$STAGE/cli-stderr"; then cat "$STAGE/cli-stderr"; echo "auto did not pick the GPU"; return 1; fi
+        grep -q "ask not what your country can do for you" "$STAGE/cli-stdout" || { echo "wrong jfk text"; return 1; }
+        for dev in cuda cpu; do
+            echo "--- $m: eval LibriSpeech ($dev)"
+            "$wt" eval --librispeech "$ls" --model "$dir" --device "$dev" --language en --spelling "$spelling" || return 1
+        done
+        if [[ -d $STAGE/shared/data/ljspeech ]]; then
+            echo "--- $m: transcribe the LJSpeech clips (cuda, one process)"
+            timed "ljspeech transcribe" "$wt" transcribe "$STAGE"/shared/data/ljspeech/wavs/*.flac --model "$dir" --device cuda >/dev/null || return 1
+        fi
+    done
 }
 
 case ${1:-} in
