@@ -116,7 +116,7 @@ fn run_with<B: Backend>(
     bar.finish_and_clear();
     let wall = start.elapsed().as_secs_f64();
     println!(
-        "WER {:.2}% ({} edits / {} words) on {} utterances, {:.1} s of audio in {:.1} s (real-time factor {:.3}), peak memory {}",
+        "WER {:.2}% ({} edits / {} words) on {} utterances, {:.1} s of audio in {:.1} s (real-time factor {:.3}), peak host memory {}",
         100.0 * stats.wer(),
         stats.edits,
         stats.ref_words,
@@ -126,6 +126,9 @@ fn run_with<B: Backend>(
         wall / audio_s.max(1e-9),
         peak_memory()
     );
+    if let Some(m) = transcriber.backend.device_memory() {
+        println!("{m}");
+    }
     Ok(if failures > 0 { 1 } else { 0 })
 }
 

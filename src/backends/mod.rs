@@ -15,6 +15,10 @@ pub trait Backend {
     fn name(&self) -> &'static str;
     /// `mel`: row-major `[n_mels][2 * n_audio_ctx]`.
     fn encode(&self, mel: &[f32]) -> Result<Self::Features>;
+    /// Device memory in use, for reports (backends with no device of their own say None).
+    fn device_memory(&self) -> Option<String> {
+        None
+    }
     /// A decoder session of `n_seq` sequences over `features`.
     fn session<'a>(&'a self, features: &'a Self::Features, n_seq: usize) -> Result<Box<dyn DecoderSession + 'a>>;
 }

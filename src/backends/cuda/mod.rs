@@ -256,4 +256,16 @@ impl Backend for CudaModel {
     fn session<'a>(&'a self, features: &'a CudaFeatures, n_seq: usize) -> Result<Box<dyn DecoderSession + 'a>> {
         Ok(Box::new(self.new_session(features, n_seq)?))
     }
+
+    /// Memory in use on the whole GPU (cudaMemGetInfo), so other processes count too.
+    fn device_memory(&self) -> Option<String> {
+        let (free, total) = self.gpu.mem_info().ok()?;
+        let mib = |b: usize| b / (1 << 20);
+        Some(format!(
+            "GPU memory in use {} MiB of {} MiB (weights {} MiB)",
+            mib(total - free),
+            mib(total),
+            mib(self.weight_bytes())
+        ))
+    }
 }
