@@ -39,6 +39,8 @@ enum Command {
     Transcribe(TranscribeArgs),
     /// Word error rate, speed and memory on LibriSpeech-layout data
     Eval(crate::eval::EvalArgs),
+    /// GPU engine speed with seeded random weights of an official shape (needs a CUDA GPU)
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -119,6 +121,7 @@ pub fn main() -> i32 {
         Command::Build(args) => crate::engine::builder::run(&args),
         Command::Transcribe(args) => transcribe(args),
         Command::Eval(args) => crate::eval::run(args),
+        Command::Bench(args) => crate::bench::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -13,6 +13,7 @@
 
 pub mod audio;
 pub mod backends;
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod decoding;

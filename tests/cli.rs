@@ -204,4 +204,6 @@ fn no_gpu_fallback_is_said_once() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
     let out = run(&["transcribe", j, "--device", "cuda"]);
     assert_clean_failure(&out, "CUDA");
+    let out = run(&["bench", "--synthetic", "tiny"]);
+    assert_clean_failure(&out, "bench needs a CUDA GPU");
 }
