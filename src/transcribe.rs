@@ -63,20 +63,25 @@ impl<B: Backend> Transcriber<B> {
         let config = self.backend.config();
         let windows = audio::transcribe_windows(samples, config.n_mels)?;
         let mut options = self.options.clone();
+        let mut decoder: Option<Decoder> = None;
         let mut segments = Vec::new();
         let mut tokens = Vec::new();
         for window in &windows {
             let features = self.backend.encode(&window.mel.data)?;
-            // transcribe() detects the language once, on the first window.
-            if options.language.is_none() {
-                options.language = Some(if config.multilingual {
-                    let mut session = self.backend.session(&features, 1)?;
-                    Decoder::detect_language(&self.tokenizer, session.as_mut())?
-                } else {
-                    "en".to_string()
-                });
+            // transcribe() detects the language once, on the first window; the prompt and rules
+            // then stay the same for every window.
+            if decoder.is_none() {
+                if options.language.is_none() {
+                    options.language = Some(if config.multilingual {
+                        let mut session = self.backend.session(&features, 1)?;
+                        Decoder::detect_language(&self.tokenizer, session.as_mut())?
+                    } else {
+                        "en".to_string()
+                    });
+                }
+                decoder = Some(Decoder::new(config, &self.tokenizer, &options)?);
             }
-            let decoder = Decoder::new(config, &self.tokenizer, &options)?;
+            let decoder = decoder.as_ref().expect("set above");
             let mut session = self.backend.session(&features, decoder.n_seq())?;
             let result = decoder.run(session.as_mut())?;
             let start_s = window.start_frame as f64 * audio::HOP_LENGTH as f64 / audio::SAMPLE_RATE as f64;

@@ -35,15 +35,7 @@ fn reference(model: &str, mode: &str) -> Vec<Row> {
 }
 
 fn audio_path(row: &Row) -> PathBuf {
-    let data = common::shared().join("data");
-    match row.subset.as_str() {
-        "ljspeech" => data.join(format!("ljspeech/wavs/{}.flac", row.id)),
-        "smoke" => data.join("whisper/jfk.flac"),
-        split => {
-            let parts: Vec<&str> = row.id.split('-').collect();
-            data.join(format!("librispeech/LibriSpeech/{split}/{}/{}/{}.flac", parts[0], parts[1], row.id))
-        }
-    }
+    common::reference_audio(&row.subset, &row.id)
 }
 
 /// Reference WER in percent per subset, from summary.json.

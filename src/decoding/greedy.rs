@@ -1,5 +1,5 @@
 //! `GreedyDecoder` at temperature 0.
-use super::rules::log_softmax;
+use super::rules::logsumexp;
 
 /// Index of the largest logit; the first one on ties, as `torch.argmax`.
 pub fn argmax(x: &[f32]) -> usize {
@@ -20,7 +20,8 @@ pub fn update(tokens: &mut Vec<u32>, logits: &[f32], sum_logprob: &mut f32, eot:
     if ended {
         tokens.push(eot);
     } else {
-        let logprob = log_softmax(logits)[next as usize];
+        // One entry of log_softmax(logits), computed the same way without the whole vector.
+        let logprob = logits[next as usize] - logsumexp(logits);
         *sum_logprob += logprob;
         tokens.push(next);
     }

@@ -178,7 +178,7 @@ impl Decoder {
             if i == 0 {
                 // no_speech_prob: softmax at the start-of-transcript position, before any rule.
                 let at_sot = &logits[self.sot_index * v..(self.sot_index + 1) * v];
-                no_speech_prob = rules::log_softmax(at_sot)[self.no_speech as usize].exp();
+                no_speech_prob = (at_sot[self.no_speech as usize] - rules::logsumexp(at_sot)).exp();
             }
             let mut last: Vec<Vec<f32>> =
                 (0..n).map(|j| logits[(j * len + len - 1) * v..(j * len + len) * v].to_vec()).collect();

@@ -40,3 +40,16 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("create temp dir");
     dir
 }
+
+/// The audio file of a line of `reference/<model>/*.jsonl`, by its subset and id.
+pub fn reference_audio(subset: &str, id: &str) -> PathBuf {
+    let data = shared().join("data");
+    match subset {
+        "ljspeech" => data.join(format!("ljspeech/wavs/{id}.flac")),
+        "smoke" => data.join("whisper/jfk.flac"),
+        split => {
+            let parts: Vec<&str> = id.split('-').collect();
+            data.join(format!("librispeech/LibriSpeech/{split}/{}/{}/{id}.flac", parts[0], parts[1]))
+        }
+    }
+}
