@@ -28,6 +28,8 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STAGE=${WHISPER_TRT_GPU_STAGE:-/tmp/whisper-trt-gpu}
 # Under the 64 MiB a call carries, with room for the working tree (under 1 MiB).
 LOAD_BYTES=${WHISPER_TRT_GPU_LOAD_BYTES:-$((62 * 1024 * 1024))}
+# Where pack writes its loads (helpers packing at once each use their own).
+PACK_DIR=${WHISPER_TRT_GPU_PACK_DIR:-$repo/.dev/gpu}
 
 pack() {
     local models="" ljspeech=0 cpu_cache=""
@@ -49,8 +51,8 @@ pack() {
     local json
     json=$(cd "${WHISPER_TRT_BUILD_DIR:-$repo}" && cargo test --release --no-run --test gpu_kernels --test gpu_e2e --message-format=json) \
         || die "cargo test --no-run failed"
-    local tree=$repo/.dev/gpu/tree
-    rm -rf "$repo/.dev/gpu"
+    local tree=$PACK_DIR/tree
+    rm -rf "$PACK_DIR"
     mkdir -p "$tree/bin"
     # The executables cargo reports for the two test targets.
     echo "$json" | python3 -c '
@@ -97,7 +99,7 @@ for line in sys.stdin:
     (cd "$tree" && find . -type f -size +"$((part / 1024))"k -print0 | while IFS= read -r -d '' f; do
         split -b "$part" -d -a 2 "$f" "$f.part-" && rm "$f"
     done)
-    python3 - "$tree" "$repo/.dev/gpu" "$LOAD_BYTES" <<'EOF'
+    python3 - "$tree" "$PACK_DIR" "$LOAD_BYTES" <<'EOF'
 import os, shutil, sys
 tree, out, cap = sys.argv[1], sys.argv[2], int(sys.argv[3])
 files = []
@@ -128,12 +130,12 @@ with open(os.path.join(last, "loads.txt"), "w") as f:
 EOF
     rm -rf "$tree"
     local n
-    n=$(ls -d "$repo"/.dev/gpu/load-* | wc -l)
+    n=$(ls -d "$PACK_DIR"/load-* | wc -l)
     echo "Device calls, back to back (the machine keeps /tmp only while warm):"
     for ((i = 1; i < n; i++)); do
-        echo "  run carry=[\".dev/gpu/load-$i\"]: scripts/gpu-test.sh stage .dev/gpu/load-$i"
+        echo "  run carry=[\"${PACK_DIR#"$repo"/}/load-$i\"]: scripts/gpu-test.sh stage ${PACK_DIR#"$repo"/}/load-$i"
     done
-    echo "  run carry=[\".dev/gpu/load-$n\"]: scripts/gpu-test.sh run .dev/gpu/load-$n [SUITE...]"
+    echo "  run carry=[\"${PACK_DIR#"$repo"/}/load-$n\"]: scripts/gpu-test.sh run ${PACK_DIR#"$repo"/}/load-$n [SUITE...]"
 }
 
 stage() {

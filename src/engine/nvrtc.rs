@@ -7,7 +7,7 @@
 //! known install folders are tried by absolute path (`$WHISPER_TRT_NVRTC_LIB`, the wheels
 //! `scripts/ci-nvrtc.sh` installs into `<repo>/.dev/nvrtc`, `$CUDA_HOME/lib64`,
 //! `/usr/local/cuda/lib64`): a library loaded by path answers later dlopens of its soname.
-use super::kernels::KERNEL_SOURCES;
+use super::kernels::sources;
 use anyhow::{bail, Context, Result};
 use cudarc::nvrtc::sys;
 use rayon::prelude::*;
@@ -222,10 +222,10 @@ fn program_log(prog: &Program) -> String {
 }
 
 /// Compiles every embedded kernel file for sm_{major}{minor}, in parallel; (file stem, cubin) in
-/// `KERNEL_SOURCES` order.
+/// [`sources`] order.
 pub fn compile_all(major: u32, minor: u32) -> Result<Vec<(String, Vec<u8>)>> {
     ensure_nvrtc()?;
-    KERNEL_SOURCES
+    sources()
         .par_iter()
         .map(|(stem, src)| Ok((stem.to_string(), compile_cubin(stem, src, major, minor)?)))
         .collect()
@@ -255,7 +255,7 @@ pub fn cubin_sm(cubin: &[u8]) -> Option<u32> {
 /// A hash of every kernel source and the compile options (FNV-1a, 64 bits, as 16 hex digits).
 /// An engine whose hash differs from the running binary's was built from other kernels.
 pub fn kernel_hash() -> String {
-    hash_sources(KERNEL_SOURCES)
+    hash_sources(sources())
 }
 
 /// [`kernel_hash`] of any set of sources (exposed for tests).
