@@ -100,14 +100,24 @@ extern "C" __global__ void __launch_bounds__(128) decoder_self_attention(const _
                out + (size_t)row * n + h * DH, sc);
 }
 
-// q: fp16 [rows][ldq] (pre-scaled query of head h at column h*64); kv: this layer's cross keys
-// (columns 0..n) and values (n..2n) of the utterance, [n_keys] rows of stride ldkv.
+// The cross keys and values a query row attends to: sequence row / t reads the utterance whose
+// cross K/V ([n_keys][ldkv] fp16, every decoder layer's keys and values side by side) starts at
+// kv_table[row / t]; this layer's keys are at column kv_off, its values at kv_off + n. A table
+// lets one step serve sequences of different utterances (batched files).
+__device__ __forceinline__ const __half* cross_kv(const unsigned long long* kv_table, long long kv_off, int t,
+                                                  int row) {
+    return reinterpret_cast<const __half*>(kv_table[row / t]) + kv_off;
+}
+
+// q: fp16 [rows][ldq] (pre-scaled query of head h at column h*64); keys and values: see cross_kv.
 // out: fp16 [rows][n]. Dynamic shared memory: n_keys floats.
 extern "C" __global__ void __launch_bounds__(128) cross_attention(const __half* __restrict__ q, int ldq,
-                                                                  const __half* __restrict__ kv, long long ldkv,
+                                                                  const unsigned long long* __restrict__ kv_table,
+                                                                  long long kv_off, int t, long long ldkv,
                                                                   int n_keys, __half* __restrict__ out, int n) {
     extern __shared__ float sc[];
     const int row = blockIdx.x, h = blockIdx.y;
+    const __half* kv = cross_kv(kv_table, kv_off, t, row);
     attend_one(q + (size_t)row * ldq + h * DH, kv + h * DH, ldkv, kv + n + h * DH, ldkv, n_keys,
                out + (size_t)row * n + h * DH, sc);
 }
@@ -226,9 +236,11 @@ extern "C" __global__ void __launch_bounds__(128) decoder_self_attention_split(
 // cross_attention over splits: grid (rows, heads, n_splits), 128 threads; part as above.
 // Requires n % 8 == 0 and 16-byte aligned key/value rows.
 extern "C" __global__ void __launch_bounds__(128) cross_attention_split(const __half* __restrict__ q, int ldq,
-                                                                        const __half* __restrict__ kv, long long ldkv,
+                                                                        const unsigned long long* __restrict__ kv_table,
+                                                                        long long kv_off, int t, long long ldkv,
                                                                         int n_keys, float* __restrict__ part, int n) {
     const int row = blockIdx.x, h = blockIdx.y, sp = blockIdx.z;
+    const __half* kv = cross_kv(kv_table, kv_off, t, row);
     float* p = part + (((size_t)row * gridDim.y + h) * gridDim.z + sp) * PART;
     attend_part(q + (size_t)row * ldq + h * DH, kv + h * DH, ldkv, kv + n + h * DH, ldkv, sp * SPLIT, n_keys, p);
 }

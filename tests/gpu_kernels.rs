@@ -7,7 +7,7 @@
 use half::f16;
 use whisper_trt::backends::cuda::context::{DeviceBuffer, Gpu};
 use whisper_trt::backends::cuda::gemm::{pick_tactics, Epilogue, Gemm, GemmShape, Out};
-use whisper_trt::backends::cuda::kernels::{GemvOut, Kernels};
+use whisper_trt::backends::cuda::kernels::{CrossKv, GemvOut, Kernels};
 use whisper_trt::engine::nvrtc;
 
 const TOL: f64 = 2e-3;
@@ -86,6 +86,12 @@ impl Fx {
     }
 
     /// `bytes` of NaN (all bits set: NaN in f32 and fp16).
+    /// A device array of u64 (addresses), uploaded as little-endian i32 pairs.
+    fn u64s(&self, v: &[u64]) -> DeviceBuffer {
+        let words: Vec<i32> = v.iter().flat_map(|&x| [x as u32 as i32, (x >> 32) as u32 as i32]).collect();
+        self.i32s(&words)
+    }
+
     fn poison(&self, bytes: usize) -> DeviceBuffer {
         self.gpu.upload(&vec![0xffu8; bytes]).unwrap()
     }
@@ -281,17 +287,21 @@ fn decoder_attention_matches_cpu() {
     check("decoder_self_attention", &fx.get_f16(&dout, want.len()), &want);
 
     // Cross-attention of layer 1 of 3 (keys in columns 2n..3n, values 3n..4n of rows of 6n),
-    // queries of row stride 3n.
+    // queries of row stride 3n; five one-token sequences over two utterances (1, 0, 1, 0, 1).
     let (rows, n_keys, layers, layer) = (5, 1500, 3, 1);
     let ldq = 3 * n;
     let ldkv = layers * 2 * n;
     let q = r.vec16(rows * ldq, 0.5);
-    let kv = r.vec16(n_keys * ldkv, 2.0);
+    let kv = r.vec16(2 * n_keys * ldkv, 2.0);
     let (dq, dkv, dout) = (fx.f16s(&q), fx.f16s(&kv), fx.poison(rows * n * 2));
-    let kv_ptr = dkv.ptr() + (layer * 2 * n * 2) as u64;
-    fx.k.cross_attention(dq.ptr(), ldq, kv_ptr, ldkv, n_keys, dout.ptr(), rows, n, heads).unwrap();
+    let utt = |seq: usize| (seq + 1) % 2;
+    let table: Vec<u64> = (0..rows).map(|s| dkv.ptr() + (utt(s) * n_keys * ldkv * 2) as u64).collect();
+    let dtable = fx.u64s(&table);
+    let cross = CrossKv { table: dtable.ptr(), offset: layer * 2 * n, tokens: 1 };
+    fx.k.cross_attention(dq.ptr(), ldq, cross, ldkv, n_keys, dout.ptr(), rows, n, heads).unwrap();
     let mut want = vec![0f64; rows * n];
     for row in 0..rows {
+        let kv = &kv[utt(row) * n_keys * ldkv..];
         for h in 0..heads {
             let k0 = layer * 2 * n + h * 64;
             let v0 = k0 + n;
@@ -342,19 +352,24 @@ fn split_decoder_attention_matches_cpu() {
         check(&format!("decoder_self_attention_split len {len}"), &fx.get_f16(&dout, want.len()), &want);
     }
 
-    // Cross-attention: 1500 keys in 12 splits, layer 1 of 2, queries of row stride 3n.
-    let (rows, n_keys, layers, layer) = (3usize, 1500usize, 2usize, 1usize);
+    // Cross-attention: 1500 keys in 12 splits, layer 1 of 2, queries of row stride 3n; two
+    // sequences of two tokens each, the first over utterance 1, the second over utterance 0.
+    let (rows, n_keys, layers, layer, t) = (4usize, 1500usize, 2usize, 1usize, 2usize);
     let (ldq, ldkv) = (3 * n, layers * 2 * n);
     let splits = n_keys.div_ceil(SPLIT_KEYS);
     let q = r.vec16(rows * ldq, 0.5);
-    let kv = r.vec16(n_keys * ldkv, 2.0);
+    let kv = r.vec16(2 * n_keys * ldkv, 2.0);
     let (dq, dkv) = (fx.f16s(&q), fx.f16s(&kv));
     let (dpart, dout) = (fx.poison(rows * heads * splits * SPLIT_PART * 4), fx.poison(rows * n * 2));
-    let kv_ptr = dkv.ptr() + (layer * 2 * n * 2) as u64;
-    fx.k.cross_attention_split(dq.ptr(), ldq, kv_ptr, ldkv, n_keys, dpart.ptr(), rows, n, heads).unwrap();
+    let utt = |seq: usize| 1 - seq;
+    let table: Vec<u64> = (0..rows / t).map(|s| dkv.ptr() + (utt(s) * n_keys * ldkv * 2) as u64).collect();
+    let dtable = fx.u64s(&table);
+    let cross = CrossKv { table: dtable.ptr(), offset: layer * 2 * n, tokens: t };
+    fx.k.cross_attention_split(dq.ptr(), ldq, cross, ldkv, n_keys, dpart.ptr(), rows, n, heads).unwrap();
     fx.k.attention_combine(dpart.ptr(), splits, dout.ptr(), rows, n, heads).unwrap();
     let mut want = vec![0f64; rows * n];
     for row in 0..rows {
+        let kv = &kv[utt(row / t) * n_keys * ldkv..];
         for h in 0..heads {
             let k0 = layer * 2 * n + h * 64;
             let v0 = k0 + n;

@@ -5,7 +5,7 @@
 //! source continues into several beams.
 use super::context::{DeviceBuffer, Gpu};
 use super::gemm::{Epilogue, GemmShape, Out, PROMPT_TOKENS};
-use super::kernels::{gemv_fits, gemv_fuses_ln, GemvOut, SPLIT_KEYS, SPLIT_PART};
+use super::kernels::{gemv_fits, gemv_fuses_ln, CrossKv, GemvOut, SPLIT_KEYS, SPLIT_PART};
 use super::weights::Ln;
 use super::{CudaFeatures, CudaModel};
 use crate::decoding::DecoderSession;
@@ -68,14 +68,16 @@ pub struct DecoderState {
     /// i32: positions filled before the step (kernels read it, so graphs replay unchanged).
     len: DeviceBuffer,
     slots: DeviceBuffer,
+    /// u64 per sequence: the address of the cross K/V of that sequence's utterance (see CrossKv).
+    cross_table: DeviceBuffer,
     pairs: DeviceBuffer,
     /// fp16 `[layer][slot][ctx][n]` each.
     k_cache: DeviceBuffer,
     v_cache: DeviceBuffer,
-    /// Captured one-token steps by (sequences, cross K/V address): everything a step reads
-    /// lives at fixed addresses (tokens, len, slot table, the pooled features), so a graph
-    /// replays for any later step of the same shape.
-    graphs: HashMap<(usize, u64), CudaGraph>,
+    /// Captured one-token steps by number of sequences: everything a step reads lives at fixed
+    /// addresses (tokens, len, slot table, cross K/V table), so a graph replays for any later
+    /// step of the same shape.
+    graphs: HashMap<usize, CudaGraph>,
     use_graphs: bool,
     /// Partial results of the split attention kernels, f32 `[max_rows][n_head][splits][66]`.
     part: DeviceBuffer,
@@ -110,6 +112,7 @@ impl DecoderState {
             tokens: gpu.alloc(max_rows * 4)?,
             len: gpu.alloc(4)?,
             slots: gpu.alloc(max_seqs * 4)?,
+            cross_table: gpu.alloc(max_seqs * 8)?,
             pairs: gpu.alloc(2 * max_seqs * 4)?,
             k_cache: gpu.alloc(cache)?,
             v_cache: gpu.alloc(cache)?,
@@ -147,8 +150,8 @@ impl DecoderState {
 /// A decoder session on the GPU: see [`DecoderSession`].
 pub struct CudaSession<'a> {
     model: &'a CudaModel,
-    /// fp16 `[n_audio_ctx][L * 2n]`: the utterance's cross keys and values.
-    cross: u64,
+    /// The utterances whose cross K/V the table points at, borrowed so they outlive the session.
+    _features: Vec<&'a CudaFeatures>,
     st: RefMut<'a, DecoderState>,
     n_seq: usize,
     /// Positions filled in every sequence.
@@ -177,7 +180,8 @@ impl CudaModel {
         let slots: Vec<usize> = (0..n_seq).collect();
         let table: Vec<i32> = slots.iter().map(|&s| s as i32).collect();
         self.gpu.copy_to(&st.slots, 0, &table)?;
-        Ok(CudaSession { model: self, cross: features.ptr(), st, n_seq, len: 0, slots, error: None })
+        self.gpu.copy_to(&st.cross_table, 0, &vec![features.ptr(); n_seq])?;
+        Ok(CudaSession { model: self, _features: vec![features], st, n_seq, len: 0, slots, error: None })
     }
 }
 
@@ -217,7 +221,7 @@ impl CudaSession<'_> {
         m.gpu.copy_to(&self.st.len, 0, &[self.len as i32])?;
         let rows = ids.len();
         if tc == 1 && self.st.use_graphs {
-            let key = (rows, self.cross);
+            let key = rows;
             if !self.st.graphs.contains_key(&key) {
                 let stream = &m.gpu.stream;
                 stream
@@ -308,7 +312,7 @@ impl CudaSession<'_> {
             self.dense(rows, n, n, None, att, b.base.out.w, Some(b.base.out.b), x, Dense::Residual)?;
             // Cross-attention over the utterance's keys and values (query in `qkv`, stride n).
             self.dense(rows, n, n, Some(&b.cross_ln), x, b.cross_q.w, Some(b.cross_q.b), qkv, Dense::F16)?;
-            let kv = self.cross + (l * 2 * n * 2) as u64;
+            let kv = CrossKv { table: st.cross_table.ptr(), offset: l * 2 * n, tokens: tc };
             if st.use_split {
                 k.cross_attention_split(qkv, n, kv, kv_ld, c.n_audio_ctx, st.part.ptr(), rows, n, c.n_text_head)?;
                 k.attention_combine(st.part.ptr(), st.cross_splits, att, rows, n, c.n_text_head)?;

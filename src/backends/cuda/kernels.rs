@@ -42,6 +42,17 @@ pub const GEMV_MAX_M: usize = 8;
 /// Warps per block of the GEMV kernel (`GEMV_WARPS`), one output feature each.
 const GEMV_WARPS: usize = 4;
 
+/// Where each query row's cross-attention keys and values are (see `cross_kv` in
+/// decoder_attention.cu): row r belongs to sequence r / `tokens`, whose utterance's cross K/V
+/// starts at the address `table[r / tokens]` (a device array of u64); this layer's keys sit at
+/// column `offset`, its values at `offset + n`.
+#[derive(Clone, Copy, Debug)]
+pub struct CrossKv {
+    pub table: CUdeviceptr,
+    pub offset: usize,
+    pub tokens: usize,
+}
+
 /// What the GEMV kernel writes (see gemv.cu).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemvOut {
@@ -250,7 +261,7 @@ impl Kernels {
         &self,
         q: CUdeviceptr,
         ldq: usize,
-        kv: CUdeviceptr,
+        kv: CrossKv,
         ldkv: usize,
         n_keys: usize,
         out: CUdeviceptr,
@@ -259,6 +270,7 @@ impl Kernels {
         n_head: usize,
     ) -> Result<()> {
         let (lq, lkv, nk, nn) = (i32_of(ldq, "ldq")?, ldkv as i64, i32_of(n_keys, "n_keys")?, i32_of(n, "n")?);
+        let (table, off, t) = (kv.table, kv.offset as i64, i32_of(kv.tokens, "tokens")?);
         let cfg = LaunchConfig {
             grid_dim: (rows as u32, n_head as u32, 1),
             block_dim: (128, 1, 1),
@@ -269,7 +281,9 @@ impl Kernels {
                 .launch_builder(&self.cross_attention)
                 .arg(&q)
                 .arg(&lq)
-                .arg(&kv)
+                .arg(&table)
+                .arg(&off)
+                .arg(&t)
                 .arg(&lkv)
                 .arg(&nk)
                 .arg(&out)
@@ -325,7 +339,7 @@ impl Kernels {
         &self,
         q: CUdeviceptr,
         ldq: usize,
-        kv: CUdeviceptr,
+        kv: CrossKv,
         ldkv: usize,
         n_keys: usize,
         part: CUdeviceptr,
@@ -334,6 +348,7 @@ impl Kernels {
         n_head: usize,
     ) -> Result<()> {
         let (lq, lkv, nk, nn) = (i32_of(ldq, "ldq")?, ldkv as i64, i32_of(n_keys, "n_keys")?, i32_of(n, "n")?);
+        let (table, off, t) = (kv.table, kv.offset as i64, i32_of(kv.tokens, "tokens")?);
         let splits = n_keys.div_ceil(SPLIT_KEYS) as u32;
         let cfg = LaunchConfig { grid_dim: (rows as u32, n_head as u32, splits), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
         unsafe {
@@ -341,7 +356,9 @@ impl Kernels {
                 .launch_builder(&self.cross_attention_split)
                 .arg(&q)
                 .arg(&lq)
-                .arg(&kv)
+                .arg(&table)
+                .arg(&off)
+                .arg(&t)
                 .arg(&lkv)
                 .arg(&nk)
                 .arg(&part)
