@@ -19,6 +19,10 @@ pub trait Backend {
     fn device_memory(&self) -> Option<String> {
         None
     }
+    /// Windows the encoder takes at once, where the backend has a limit (the engine's max batch).
+    fn max_batch(&self) -> Option<usize> {
+        None
+    }
     /// A decoder session of `n_seq` sequences over `features`.
     fn session<'a>(&'a self, features: &'a Self::Features, n_seq: usize) -> Result<Box<dyn DecoderSession + 'a>>;
 }

@@ -248,6 +248,10 @@ impl Backend for CudaModel {
         "cuda"
     }
 
+    fn max_batch(&self) -> Option<usize> {
+        Some(self.options.max_batch.max(1))
+    }
+
     fn encode(&self, mel: &[f32]) -> Result<CudaFeatures> {
         let mut v = self.encode_batch(&[mel])?;
         v.pop().ok_or_else(|| anyhow!("internal: the encoder returned no features"))

