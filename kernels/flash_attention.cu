@@ -1,25 +1,62 @@
-// Encoder self-attention, flash style: the T x T score matrix never leaves the chip. Each block
-// takes 64 query rows of one head of one window (4 warps of 16 rows) and walks the keys in tiles
-// of 64, keeping a running row max and sum (online softmax, f32) and the output in registers.
-// Products run on the tensor cores (mma.sync m16n8k16, fp16 in, f32 accumulate; sm_80+).
+// Encoder self-attention, FlashAttention-2 style: the T x T score matrix never leaves the chip.
+// A block takes BQ query rows of one head of one window; each warp owns FA_WM tiles of 16 rows,
+// its Q fragments in registers for the whole pass. Key/value tiles of BK rows stream through
+// shared memory with cp.async, FA_STAGES deep, and reach the tensor cores through ldmatrix
+// (.trans for V). The softmax is online (running row max and sum in f32), in base 2 on scores
+// prescaled by log2(e); P goes from the S accumulators straight into the PV product as fp16
+// A fragments. Products run on mma.sync m16n8k16 (fp16 in, f32 accumulate; sm_80+).
 //
 // qkv: fp16 [batch][T][3n], query in columns 0..n (already scaled by d_head^-1/2), key in n..2n,
 // value in 2n..3n; head h owns columns h*64..h*64+63 of each. out: fp16 [batch][T][n].
-// Requires d_head = 64 and n % 8 == 0 (every Whisper size).
+// Requires d_head = 64 and n % 8 == 0 (every Whisper size). Grid: (ceil(T / BQ), heads, batch),
+// FA_WARPS * 32 threads (kernels.rs reads FLASH_BQ and FLASH_THREADS, which must match).
 #include <cuda_fp16.h>
 
+#ifndef FA_WARPS
+#define FA_WARPS 4
+#endif
+#ifndef FA_WM
+#define FA_WM 2
+#endif
+#ifndef FA_STAGES
+#define FA_STAGES 2
+#endif
+#ifndef FA_EXP16
+#define FA_EXP16 0
+#endif
+#ifndef FA_MINB
+#define FA_MINB 2
+#endif
+
 #define DH 64
-#define BQ 64
 #define BK 64
-#define PAD 8
+#define BQ (FA_WARPS * FA_WM * 16)
+#define THREADS (FA_WARPS * 32)
+#define LOG2E 1.4426950408889634f
 #define NEG_INF __int_as_float(0xff800000)
 
-__device__ __forceinline__ unsigned pack_half2(float a, float b) {
-    __half2 h = __floats2half2_rn(a, b);  // a in the low half
-    return *reinterpret_cast<unsigned*>(&h);
+__device__ __forceinline__ unsigned smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+
+// 16 bytes global -> shared, bypassing L1; zeros when !valid (src is then not read).
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-__device__ __forceinline__ unsigned ld_u32(const __half* p) { return *reinterpret_cast<const unsigned*>(p); }
+__device__ __forceinline__ void ldsm_x4(unsigned* r, unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_trans(unsigned* r, unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
 
 // c[16x8] += a[16x16] * b[16x8]; fragments as the PTX ISA lays them out for m16n8k16.
 __device__ __forceinline__ void mma16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
@@ -30,136 +67,247 @@ __device__ __forceinline__ void mma16816(float* c, const unsigned* a, unsigned b
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-extern "C" __global__ void __launch_bounds__(128) flash_attention(const __half* __restrict__ qkv,
-                                                                  __half* __restrict__ out, int T, int n) {
-    // Keys row-major and values transposed, so that both B fragments are single 32-bit reads;
-    // the padding makes those reads conflict-free (row stride 36 words).
-    __shared__ __align__(16) __half ks[BK][DH + PAD];
-    __shared__ __align__(16) __half vt[DH][BK + PAD];
+// 2^x (ex2.approx: about 2 ulp; 2^-inf = 0).
+__device__ __forceinline__ float ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// 2^x on both halves of an fp16 pair (ex2.approx.f16x2, sm_75+).
+__device__ __forceinline__ unsigned ex2_h2(unsigned x) {
+    unsigned y;
+    asm("ex2.approx.f16x2 %0, %1;\n" : "=r"(y) : "r"(x));
+    return y;
+}
+
+__device__ __forceinline__ unsigned pack_half2(float a, float b) {
+    __half2 h = __floats2half2_rn(a, b);  // a in the low half
+    return *reinterpret_cast<unsigned*>(&h);
+}
+
+__device__ __forceinline__ unsigned ld_u32(const __half* p) { return *reinterpret_cast<const unsigned*>(p); }
+
+// One BK x DH tile (rows k0.. of `src`, row stride ld) into shared memory at `dst`, rows of 128
+// bytes whose 16-byte chunks are XOR-swizzled by (row & 7), so that the 8 rows an ldmatrix
+// reads, and the 8 chunks of a row cp.async writes, fall in distinct banks. Rows past T are zeros.
+__device__ __forceinline__ void load_tile(unsigned dst, const __half* src, size_t ld, int k0, int T, int tid) {
+#pragma unroll
+    for (int i = 0; i < BK * DH / 8 / THREADS; i++) {
+        const int idx = tid + i * THREADS, r = idx >> 3, c = idx & 7;
+        const bool ok = k0 + r < T;
+        cp_async16(dst + r * (DH * 2) + ((c ^ (r & 7)) << 4), src + (size_t)(ok ? k0 + r : 0) * ld + c * 8, ok);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS, FA_MINB)
+    flash_attention(const __half* __restrict__ qkv, __half* __restrict__ out, int T, int n) {
+    // [stage][K, V][BK * DH]
+    __shared__ __align__(128) __half smem[FA_STAGES][2][BK * DH];
 
     const int h = blockIdx.y, b = blockIdx.z;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int g = lane >> 2, t = lane & 3;
     const size_t ld = 3 * (size_t)n;
     const __half* base = qkv + (size_t)b * T * ld;
     const __half* qb = base + h * DH;
     const __half* kb = base + n + h * DH;
     const __half* vb = base + 2 * n + h * DH;
+    const int ntiles = (T + BK - 1) / BK;
 
-    // This warp's 16 query rows as A fragments (rows past T are zero and never written).
-    const int r0 = blockIdx.x * BQ + warp * 16 + g, r1 = r0 + 8;
-    unsigned qa[4][4];
+    // Start the first tiles' copies, then read Q while they fly.
 #pragma unroll
-    for (int kk = 0; kk < 4; kk++) {
-        int c = kk * 16 + 2 * t;
-        qa[kk][0] = r0 < T ? ld_u32(qb + r0 * ld + c) : 0u;
-        qa[kk][1] = r1 < T ? ld_u32(qb + r1 * ld + c) : 0u;
-        qa[kk][2] = r0 < T ? ld_u32(qb + r0 * ld + c + 8) : 0u;
-        qa[kk][3] = r1 < T ? ld_u32(qb + r1 * ld + c + 8) : 0u;
+    for (int s = 0; s < FA_STAGES - 1; s++) {
+        if (s < ntiles) {
+            load_tile(smem_addr(smem[s][0]), kb, ld, s * BK, T, tid);
+            load_tile(smem_addr(smem[s][1]), vb, ld, s * BK, T, tid);
+        }
+        cp_async_commit();
     }
 
-    float o[8][4];
+    // This warp's query rows as A fragments (rows past T are zero and never written).
+    const int row0 = blockIdx.x * BQ + warp * (16 * FA_WM) + g;
+    unsigned qa[FA_WM][4][4];
 #pragma unroll
-    for (int j = 0; j < 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
-    // Running max and (per-thread partial) sum of rows r0 and r1.
-    float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.f, l1 = 0.f;
-
-    for (int k0 = 0; k0 < T; k0 += BK) {
-        __syncthreads();  // the previous tile is consumed
-        // K tile: each thread copies 16-byte pieces of key rows (zeros past T).
-        for (int i = threadIdx.x; i < BK * DH / 8; i += blockDim.x) {
-            int r = i >> 3, c = (i & 7) * 8;
-            uint4 kv = make_uint4(0u, 0u, 0u, 0u);
-            if (k0 + r < T) kv = *reinterpret_cast<const uint4*>(kb + (size_t)(k0 + r) * ld + c);
-            *reinterpret_cast<uint4*>(&ks[r][c]) = kv;
+    for (int mi = 0; mi < FA_WM; mi++) {
+        const int r0 = row0 + mi * 16, r1 = r0 + 8;
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            const int c = kk * 16 + 2 * t;
+            qa[mi][kk][0] = r0 < T ? ld_u32(qb + r0 * ld + c) : 0u;
+            qa[mi][kk][1] = r1 < T ? ld_u32(qb + r1 * ld + c) : 0u;
+            qa[mi][kk][2] = r0 < T ? ld_u32(qb + r0 * ld + c + 8) : 0u;
+            qa[mi][kk][3] = r1 < T ? ld_u32(qb + r1 * ld + c + 8) : 0u;
         }
-        // V tile, transposed on the way in; consecutive threads take consecutive keys.
-        for (int i = threadIdx.x; i < BK * DH / 8; i += blockDim.x) {
-            int r = i & (BK - 1), c = (i / BK) * 8;
-            uint4 vv = make_uint4(0u, 0u, 0u, 0u);
-            if (k0 + r < T) vv = *reinterpret_cast<const uint4*>(vb + (size_t)(k0 + r) * ld + c);
-            const __half* vh = reinterpret_cast<const __half*>(&vv);
-#pragma unroll
-            for (int e = 0; e < 8; e++) vt[c + e][r] = vh[e];
-        }
-        __syncthreads();
+    }
 
-        // S = Q K^T for this warp's 16 rows and the tile's 64 keys (8 n-tiles of 8).
-        float s[8][4];
+    float o[FA_WM][8][4];
+    // Running max (raw score units) and per-thread partial sum of rows g and g + 8 of each tile.
+    float m[FA_WM][2], l[FA_WM][2];
 #pragma unroll
-        for (int j = 0; j < 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+    for (int mi = 0; mi < FA_WM; mi++) {
+#pragma unroll
+        for (int j = 0; j < 8; j++) o[mi][j][0] = o[mi][j][1] = o[mi][j][2] = o[mi][j][3] = 0.f;
+        m[mi][0] = m[mi][1] = NEG_INF;
+        l[mi][0] = l[mi][1] = 0.f;
+    }
+
+    // Per-lane ldmatrix offsets (bytes within a tile). K (non-transposed): lane -> key row
+    // (lane >> 4) * 8 + (lane & 7) of a 16-key pair of n-tiles, d chunk 2 kk + ((lane >> 3) & 1).
+    // V (transposed): key row ((lane >> 3) & 1) * 8 + (lane & 7) of a 16-key k-step, d chunk
+    // 2 jp + (lane >> 4). Every such row is a multiple of 8 plus (lane & 7): swizzle by lane & 7.
+    const int sw = lane & 7;
+    const unsigned k_row = (unsigned)(((lane >> 4) * 8 + sw) * DH * 2);
+    const int k_chunk = (lane >> 3) & 1;
+    const unsigned v_row = (unsigned)((((lane >> 3) & 1) * 8 + sw) * DH * 2);
+    const int v_chunk = lane >> 4;
+
+    for (int it = 0; it < ntiles; it++) {
+        cp_async_wait<FA_STAGES - 2>();
+        __syncthreads();  // tile `it` is in, and everyone is done with the stage refilled next
+        {
+            const int nt = it + FA_STAGES - 1;
+            if (nt < ntiles) {
+                const int st = nt % FA_STAGES;
+                load_tile(smem_addr(smem[st][0]), kb, ld, nt * BK, T, tid);
+                load_tile(smem_addr(smem[st][1]), vb, ld, nt * BK, T, tid);
+            }
+            cp_async_commit();
+        }
+        const int st = it % FA_STAGES;
+        const unsigned ks = smem_addr(smem[st][0]), vs = smem_addr(smem[st][1]);
+
+        // S = Q K^T for this warp's rows and the tile's BK keys (8 n-tiles of 8).
+        float s[FA_WM][8][4];
+#pragma unroll
+        for (int mi = 0; mi < FA_WM; mi++)
+#pragma unroll
+            for (int j = 0; j < 8; j++) s[mi][j][0] = s[mi][j][1] = s[mi][j][2] = s[mi][j][3] = 0.f;
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) {
 #pragma unroll
-            for (int j = 0; j < 8; j++) {
-                const __half* kr = &ks[j * 8 + g][kk * 16 + 2 * t];
-                mma16816(s[j], qa[kk], ld_u32(kr), ld_u32(kr + 8));
+            for (int jp = 0; jp < 4; jp++) {
+                unsigned kf[4];
+                ldsm_x4(kf, ks + jp * (16 * DH * 2) + k_row + (((2 * kk + k_chunk) ^ sw) << 4));
+#pragma unroll
+                for (int mi = 0; mi < FA_WM; mi++) {
+                    mma16816(s[mi][2 * jp], qa[mi][kk], kf[0], kf[1]);
+                    mma16816(s[mi][2 * jp + 1], qa[mi][kk], kf[2], kf[3]);
+                }
             }
         }
+        const int k0 = it * BK;
         if (k0 + BK > T) {
 #pragma unroll
-            for (int j = 0; j < 8; j++)
+            for (int mi = 0; mi < FA_WM; mi++)
 #pragma unroll
-                for (int e = 0; e < 4; e++)
-                    if (k0 + j * 8 + 2 * t + (e & 1) >= T) s[j][e] = NEG_INF;
+                for (int j = 0; j < 8; j++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                        if (k0 + j * 8 + 2 * t + (e & 1) >= T) s[mi][j][e] = NEG_INF;
         }
 
-        // Online softmax. Each row lives in the 4 threads of a quad.
-        float mx0 = m0, mx1 = m1;
+        // Online softmax; each row lives in the 4 threads of a quad.
+        unsigned pa[FA_WM][4][4];
 #pragma unroll
-        for (int j = 0; j < 8; j++) {
-            mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
-            mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]));
-        }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        // The first tile always holds valid keys, so mx is finite and exp(-inf) = 0 resets.
-        const float a0 = expf(m0 - mx0), a1 = expf(m1 - mx1);
-        m0 = mx0;
-        m1 = mx1;
-        l0 *= a0;
-        l1 *= a1;
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            o[j][0] *= a0;
-            o[j][1] *= a0;
-            o[j][2] *= a1;
-            o[j][3] *= a1;
-            s[j][0] = expf(s[j][0] - m0);
-            s[j][1] = expf(s[j][1] - m0);
-            s[j][2] = expf(s[j][2] - m1);
-            s[j][3] = expf(s[j][3] - m1);
-            l0 += s[j][0] + s[j][1];
-            l1 += s[j][2] + s[j][3];
-        }
-
-        // O += P V: the S accumulators of two n-tiles are exactly one A fragment of P.
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
-            unsigned pa[4] = {pack_half2(s[2 * kk][0], s[2 * kk][1]), pack_half2(s[2 * kk][2], s[2 * kk][3]),
-                              pack_half2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                              pack_half2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+        for (int mi = 0; mi < FA_WM; mi++) {
+            float mx0 = m[mi][0], mx1 = m[mi][1];
 #pragma unroll
             for (int j = 0; j < 8; j++) {
-                const __half* vr = &vt[j * 8 + g][kk * 16 + 2 * t];
-                mma16816(o[j], pa, ld_u32(vr), ld_u32(vr + 8));
+                mx0 = fmaxf(mx0, fmaxf(s[mi][j][0], s[mi][j][1]));
+                mx1 = fmaxf(mx1, fmaxf(s[mi][j][2], s[mi][j][3]));
+            }
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+            // The first tile always holds valid keys, so mx is finite; 2^-inf = 0 resets.
+            const float ms0 = mx0 * LOG2E, ms1 = mx1 * LOG2E;
+            const float a0 = ex2(m[mi][0] * LOG2E - ms0), a1 = ex2(m[mi][1] * LOG2E - ms1);
+            m[mi][0] = mx0;
+            m[mi][1] = mx1;
+#if FA_EXP16
+            // 2^x on pairs in fp16 (ex2.approx.f16x2): half the MUFU work; P is fp16 for the
+            // PV product anyway, and the row sums add the same rounded values.
+            float l0 = 0.f, l1 = 0.f;
+            unsigned p[8][2];
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                o[mi][j][0] *= a0;
+                o[mi][j][1] *= a0;
+                o[mi][j][2] *= a1;
+                o[mi][j][3] *= a1;
+                p[j][0] = ex2_h2(pack_half2(fmaf(s[mi][j][0], LOG2E, -ms0), fmaf(s[mi][j][1], LOG2E, -ms0)));
+                p[j][1] = ex2_h2(pack_half2(fmaf(s[mi][j][2], LOG2E, -ms1), fmaf(s[mi][j][3], LOG2E, -ms1)));
+                const float2 f0 = __half22float2(*reinterpret_cast<const __half2*>(&p[j][0]));
+                const float2 f1 = __half22float2(*reinterpret_cast<const __half2*>(&p[j][1]));
+                l0 += f0.x + f0.y;
+                l1 += f1.x + f1.y;
+            }
+#else
+            float l0 = 0.f, l1 = 0.f;
+            unsigned p[8][2];
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                o[mi][j][0] *= a0;
+                o[mi][j][1] *= a0;
+                o[mi][j][2] *= a1;
+                o[mi][j][3] *= a1;
+                const float p0 = ex2(fmaf(s[mi][j][0], LOG2E, -ms0)), p1 = ex2(fmaf(s[mi][j][1], LOG2E, -ms0));
+                const float p2 = ex2(fmaf(s[mi][j][2], LOG2E, -ms1)), p3 = ex2(fmaf(s[mi][j][3], LOG2E, -ms1));
+                l0 += p0 + p1;
+                l1 += p2 + p3;
+                p[j][0] = pack_half2(p0, p1);
+                p[j][1] = pack_half2(p2, p3);
+            }
+#endif
+            l[mi][0] = l[mi][0] * a0 + l0;
+            l[mi][1] = l[mi][1] * a1 + l1;
+            // The S accumulators of n-tiles 2kk and 2kk+1 are exactly the A fragment of P for
+            // k-step kk.
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++) {
+                pa[mi][kk][0] = p[2 * kk][0];
+                pa[mi][kk][1] = p[2 * kk][1];
+                pa[mi][kk][2] = p[2 * kk + 1][0];
+                pa[mi][kk][3] = p[2 * kk + 1][1];
+            }
+        }
+
+        // O += P V.
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+#pragma unroll
+            for (int jp = 0; jp < 4; jp++) {
+                unsigned vf[4];
+                ldsm_x4_trans(vf, vs + kk * (16 * DH * 2) + v_row + (((2 * jp + v_chunk) ^ sw) << 4));
+#pragma unroll
+                for (int mi = 0; mi < FA_WM; mi++) {
+                    mma16816(o[mi][2 * jp], pa[mi][kk], vf[0], vf[1]);
+                    mma16816(o[mi][2 * jp + 1], pa[mi][kk], vf[2], vf[3]);
+                }
             }
         }
     }
 
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float inv0 = 1.f / l0, inv1 = 1.f / l1;
     __half* ob = out + (size_t)b * T * n + h * DH + 2 * t;
 #pragma unroll
-    for (int j = 0; j < 8; j++) {
-        if (r0 < T)
-            *reinterpret_cast<__half2*>(ob + (size_t)r0 * n + j * 8) = __floats2half2_rn(o[j][0] * inv0, o[j][1] * inv0);
-        if (r1 < T)
-            *reinterpret_cast<__half2*>(ob + (size_t)r1 * n + j * 8) = __floats2half2_rn(o[j][2] * inv1, o[j][3] * inv1);
+    for (int mi = 0; mi < FA_WM; mi++) {
+        float l0 = l[mi][0], l1 = l[mi][1];
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+        const float inv0 = 1.f / l0, inv1 = 1.f / l1;
+        const int r0 = row0 + mi * 16, r1 = r0 + 8;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            if (r0 < T)
+                *reinterpret_cast<__half2*>(ob + (size_t)r0 * n + j * 8) =
+                    __floats2half2_rn(o[mi][j][0] * inv0, o[mi][j][1] * inv0);
+            if (r1 < T)
+                *reinterpret_cast<__half2*>(ob + (size_t)r1 * n + j * 8) =
+                    __floats2half2_rn(o[mi][j][2] * inv1, o[mi][j][3] * inv1);
+        }
     }
 }

@@ -130,7 +130,9 @@ fn check(name: &str, got: &[f32], want: &[f64]) {
 fn layernorm_matches_cpu() {
     let fx = fixture();
     let mut r = Rng::new("layernorm");
-    for (rows, n) in [(37, 384), (5, 1280)] {
+    // 384 and 1280: the register path of every Whisper width; 1000: its partial last vector;
+    // 1538 (not a multiple of 4) and 2048 (wider than the registers hold): the plain loop.
+    for (rows, n) in [(37, 384), (5, 1280), (7, 1000), (3, 1538), (2, 2048)] {
         // An offset and a spread, so that centring and scaling both matter.
         let x: Vec<f32> = (0..rows * n).map(|_| 3.0 + r.uniform(2.0)).collect();
         let g: Vec<f32> = (0..n).map(|_| 1.0 + r.uniform(0.5)).collect();
@@ -226,7 +228,8 @@ fn attend(q: &[f32], keys: &[&[f32]], values: &[&[f32]]) -> Vec<f64> {
 fn flash_attention_matches_cpu() {
     let fx = fixture();
     let mut r = Rng::new("flash_attention");
-    for (batch, t, n) in [(2, 100, 128), (1, 1500, 384), (1, 64, 64)] {
+    // Query and key tails (T % 128, T % 64), one block, one row, and a window of full length.
+    for (batch, t, n) in [(2, 100, 128), (1, 1500, 384), (1, 64, 64), (3, 257, 128), (2, 1, 64)] {
         let heads = n / 64;
         // Queries small, keys larger: scores with a spread of a few units, as in real layers.
         let mut qkv = vec![0f32; batch * t * 3 * n];

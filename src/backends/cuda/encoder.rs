@@ -2,7 +2,6 @@
 //! K/V of every decoder layer (one GEMM per window) that the decoder sessions attend to.
 use super::context::{DeviceBuffer, Gpu};
 use super::gemm::{Epilogue, GemmShape, Out};
-use super::weights::Block;
 use super::CudaModel;
 use crate::model::ModelConfig;
 use anyhow::{bail, Result};
@@ -42,16 +41,10 @@ impl EncoderBuffers {
 }
 
 impl CudaModel {
-    /// `x += mlp(mlp_ln(x))` over `rows` rows; `h` (fp16 `[rows][n]`) and `u` (`[rows][4n]`) are scratch.
-    pub(super) fn mlp(&self, b: &Block, x: CUdeviceptr, h: CUdeviceptr, u: CUdeviceptr, rows: usize, n: usize) -> Result<()> {
-        self.kernels.layernorm(x, b.mlp_ln.g, b.mlp_ln.b, h, rows, n, n)?;
-        self.gemm.run(&GemmShape::linear(rows, 4 * n, n, Out::F16, Epilogue::Bias, false), b.fc1.w, h, Some(b.fc1.b), u)?;
-        self.kernels.gelu_f16(u, rows * 4 * n)?;
-        self.gemm.run(&GemmShape::linear(rows, n, 4 * n, Out::F32, Epilogue::Bias, true), b.fc2.w, u, Some(b.fc2.b), x)
-    }
-
     /// Runs the encoder over `mels` (each `[n_mels][n_frames]` f32) and leaves its output, fp16
     /// `[windows * n_audio_ctx][n]`, in the encoder's `h` buffer, whose address it returns.
+    /// With `WHISPER_TRT_ENC_PROFILE=1` it prints the GPU time of each kind of step (CUDA events
+    /// between launches) per window on stderr.
     pub(super) fn run_encoder(&self, buf: &EncoderBuffers, mels: &[&[f32]]) -> Result<CUdeviceptr> {
         let c = &self.config;
         let (n, t, nf, nm) = (c.n_audio_state, c.n_audio_ctx, c.n_frames(), c.n_mels);
@@ -59,6 +52,7 @@ impl CudaModel {
         if batch == 0 || batch > buf.max_batch {
             bail!("the encoder takes 1 to {} windows at once, not {batch}", buf.max_batch);
         }
+        let mut prof = Profile::new(&self.gpu, std::time::Instant::now())?;
         for (i, mel) in mels.iter().enumerate() {
             if mel.len() != nm * nf {
                 bail!("mel has {} values, expected {nm} x {nf} = {}", mel.len(), nm * nf);
@@ -73,20 +67,40 @@ impl CudaModel {
         let (x, h, qkv, att, u) = (buf.x.ptr(), buf.h.ptr(), buf.qkv.ptr(), buf.att.ptr(), buf.u.ptr());
 
         // Front end: conv1 output (fp16, bias) lands in `qkv`, the im2col matrices in `u`.
+        prof.mark("copy")?;
         k.im2col_conv1(buf.mel.ptr(), u, batch, nm, nf)?;
         g.run(&GemmShape::linear(batch * nf, n, 3 * nm, Out::F16, Epilogue::Bias, false), w.conv1.w, u, Some(w.conv1.b), qkv)?;
         k.im2col_conv2_gelu(qkv, u, batch, nf, n)?;
         g.run(&GemmShape::linear(rows, n, 3 * n, Out::F32, Epilogue::Bias, false), w.conv2.w, u, Some(w.conv2.b), x)?;
         k.gelu_pos(x, w.pos, batch, t, n)?;
+        prof.mark("conv")?;
 
         for b in &w.blocks {
             k.layernorm(x, b.attn_ln.g, b.attn_ln.b, h, rows, n, n)?;
+            prof.mark("layernorm")?;
             g.run(&GemmShape::linear(rows, 3 * n, n, Out::F16, Epilogue::Bias, false), b.qkv.w, h, Some(b.qkv.b), qkv)?;
+            prof.mark("gemm qkv")?;
             k.flash_attention(qkv, att, batch, t, n, c.n_audio_head)?;
+            prof.mark("attention")?;
             g.run(&GemmShape::linear(rows, n, n, Out::F32, Epilogue::Bias, true), b.out.w, att, Some(b.out.b), x)?;
-            self.mlp(b, x, h, u, rows, n)?;
+            prof.mark("gemm out")?;
+            k.layernorm(x, b.mlp_ln.g, b.mlp_ln.b, h, rows, n, n)?;
+            prof.mark("layernorm")?;
+            if gelu_epilogue() {
+                g.run(&GemmShape::linear(rows, 4 * n, n, Out::F16, Epilogue::BiasGelu, false), b.fc1.w, h, Some(b.fc1.b), u)?;
+                prof.mark("gemm fc1")?;
+            } else {
+                g.run(&GemmShape::linear(rows, 4 * n, n, Out::F16, Epilogue::Bias, false), b.fc1.w, h, Some(b.fc1.b), u)?;
+                prof.mark("gemm fc1")?;
+                k.gelu_f16(u, rows * 4 * n)?;
+                prof.mark("gelu")?;
+            }
+            g.run(&GemmShape::linear(rows, n, 4 * n, Out::F32, Epilogue::Bias, true), b.fc2.w, u, Some(b.fc2.b), x)?;
+            prof.mark("gemm fc2")?;
         }
         k.layernorm(x, w.ln_post.g, w.ln_post.b, h, rows, n, n)?;
+        prof.mark("layernorm")?;
+        prof.report(batch)?;
         Ok(h)
     }
 
@@ -97,5 +111,73 @@ impl CudaModel {
         let (n, t) = (c.n_text_state, c.n_audio_ctx);
         let shape = GemmShape::linear(t, c.n_text_layer * 2 * n, n, Out::F16, Epilogue::Bias, false);
         self.gemm.run(&shape, self.dec.cross_kv.w, features, Some(self.dec.cross_kv.b), out)
+    }
+}
+
+/// The MLP's GELU as cuBLASLt's bias+GELU epilogue (the tanh form) instead of the exact erf GELU
+/// kernel after the GEMM: `WHISPER_TRT_ENC_GELU_EPILOGUE=1` (for measurements).
+fn gelu_epilogue() -> bool {
+    std::env::var("WHISPER_TRT_ENC_GELU_EPILOGUE").is_ok_and(|v| v == "1")
+}
+
+/// GPU time per kind of encoder step, from CUDA events recorded between launches; off (no
+/// events, no syncs) unless `WHISPER_TRT_ENC_PROFILE=1`.
+struct Profile<'a> {
+    gpu: &'a Gpu,
+    host0: std::time::Instant,
+    events: Vec<(&'static str, cudarc::driver::CudaEvent)>,
+}
+
+impl<'a> Profile<'a> {
+    fn new(gpu: &'a Gpu, host0: std::time::Instant) -> Result<Self> {
+        let mut p = Profile { gpu, host0, events: Vec::new() };
+        if std::env::var("WHISPER_TRT_ENC_PROFILE").is_ok_and(|v| v == "1") {
+            p.push("start")?;
+        }
+        Ok(p)
+    }
+
+    fn push(&mut self, label: &'static str) -> Result<()> {
+        let e = self
+            .gpu
+            .ctx
+            .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|e| anyhow::anyhow!("CUDA event: {e:?}"))?;
+        e.record(&self.gpu.stream).map_err(|e| anyhow::anyhow!("CUDA event: {e:?}"))?;
+        self.events.push((label, e));
+        Ok(())
+    }
+
+    /// The work queued since the last mark counts as `label`.
+    fn mark(&mut self, label: &'static str) -> Result<()> {
+        if self.events.is_empty() {
+            return Ok(());
+        }
+        self.push(label)
+    }
+
+    fn report(&self, batch: usize) -> Result<()> {
+        if self.events.is_empty() {
+            return Ok(());
+        }
+        self.gpu.sync()?;
+        let wall = self.host0.elapsed().as_secs_f64() * 1000.0;
+        let mut sums: Vec<(&'static str, f64)> = Vec::new();
+        for pair in self.events.windows(2) {
+            let ms = pair[0].1.elapsed_ms(&pair[1].1).map_err(|e| anyhow::anyhow!("CUDA event: {e:?}"))? as f64;
+            match sums.iter_mut().find(|(l, _)| *l == pair[1].0) {
+                Some((_, v)) => *v += ms,
+                None => sums.push((pair[1].0, ms)),
+            }
+        }
+        let gpu: f64 = sums.iter().map(|(_, v)| v).sum();
+        let parts: Vec<String> = sums.iter().map(|(l, v)| format!("{l} {:.3}", v / batch as f64)).collect();
+        eprintln!(
+            "encoder profile, batch {batch}, ms per window: {} | GPU {:.3}, wall from mel copy {:.3}",
+            parts.join(", "),
+            gpu / batch as f64,
+            wall / batch as f64
+        );
+        Ok(())
     }
 }

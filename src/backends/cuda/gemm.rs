@@ -86,6 +86,7 @@ pub fn encoder_shapes(c: &ModelConfig, windows: usize) -> Vec<GemmShape> {
         GemmShape::linear(rows, 3 * n, n, Out::F16, Epilogue::Bias, false),                          // qkv
         GemmShape::linear(rows, n, n, Out::F32, Epilogue::Bias, true),                               // out
         GemmShape::linear(rows, 4 * n, n, Out::F16, Epilogue::Bias, false),                          // fc1
+        GemmShape::linear(rows, 4 * n, n, Out::F16, Epilogue::BiasGelu, false), // fc1 with GELU (see encoder.rs)
         GemmShape::linear(rows, n, 4 * n, Out::F32, Epilogue::Bias, true),                           // fc2
         // The cross-attention K/V of every decoder layer, one window at a time.
         GemmShape::linear(t, c.n_text_layer * 2 * c.n_text_state, n, Out::F16, Epilogue::Bias, false),
@@ -419,10 +420,13 @@ impl Gemm {
     }
 }
 
-/// Times up to 8 of the heuristic's candidates for every shape on random operands and keeps the
-/// fastest: the engine's tactic table.
+/// Times up to 8 of the heuristic's candidates for every shape (16 for the encoder's tall
+/// products, at least one window of rows) on random operands and keeps the fastest: the engine's
+/// tactic table.
 pub fn pick_tactics(gpu: &Gpu, shapes: &[GemmShape]) -> Result<Vec<GemmTactic>> {
     const CANDIDATES: usize = 8;
+    const TALL_CANDIDATES: usize = 16;
+    const TALL_ROWS: usize = 1500;
     const WARMUP: usize = 2;
     const RUNS: usize = 10;
     let gemm = Gemm::new(gpu, &[])?;
@@ -453,7 +457,8 @@ pub fn pick_tactics(gpu: &Gpu, shapes: &[GemmShape]) -> Result<Vec<GemmTactic>> 
     let mut out = Vec::with_capacity(shapes.len());
     for s in shapes {
         let parts = descriptors(s)?;
-        let candidates = heuristic(gemm.handle, s, &parts, gemm.workspace.bytes(), CANDIDATES)?;
+        let count = if s.m >= TALL_ROWS { TALL_CANDIDATES } else { CANDIDATES };
+        let candidates = heuristic(gemm.handle, s, &parts, gemm.workspace.bytes(), count)?;
         let (desc, a, b, d) = parts;
         let plan = Plan { desc, a, b, d, algo: candidates[0], source: "heuristic" };
         let bias_ptr = (s.epilogue != Epilogue::None).then(|| bias.ptr());

@@ -202,10 +202,13 @@ impl Kernels {
 
     /// Encoder self-attention: qkv fp16 `[batch][t][3n]` -> out fp16 `[batch][t][n]`.
     pub fn flash_attention(&self, qkv: CUdeviceptr, out: CUdeviceptr, batch: usize, t: usize, n: usize, n_head: usize) -> Result<()> {
+        // Query rows and threads per block: BQ and THREADS of flash_attention.cu.
+        const FLASH_BQ: usize = 128;
+        const FLASH_THREADS: u32 = 128;
         let (tt, nn) = (i32_of(t, "t")?, i32_of(n, "n")?);
         let cfg = LaunchConfig {
-            grid_dim: (t.div_ceil(64) as u32, n_head as u32, batch as u32),
-            block_dim: (128, 1, 1),
+            grid_dim: (t.div_ceil(FLASH_BQ) as u32, n_head as u32, batch as u32),
+            block_dim: (FLASH_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
         unsafe { self.stream.launch_builder(&self.flash_attention).arg(&qkv).arg(&out).arg(&tt).arg(&nn).launch(cfg) }
