@@ -23,8 +23,20 @@ pub trait Backend {
     fn max_batch(&self) -> Option<usize> {
         None
     }
+    /// Encodes several windows; backends that batch (the GPU) run them together, at most
+    /// [`Backend::max_batch`] at once.
+    fn encode_batch(&self, mels: &[&[f32]]) -> Result<Vec<Self::Features>> {
+        mels.iter().map(|m| self.encode(m)).collect()
+    }
+    /// Sequences one decoder session holds at most, where the backend has a limit.
+    fn max_sequences(&self) -> Option<usize> {
+        None
+    }
     /// A decoder session of `n_seq` sequences over `features`.
     fn session<'a>(&'a self, features: &'a Self::Features, n_seq: usize) -> Result<Box<dyn DecoderSession + 'a>>;
+    /// A decoder session of `features.len() * per` sequences: sequence `s` attends to the audio
+    /// of `features[s / per]` (several windows decoded together).
+    fn session_many<'a>(&'a self, features: &[&'a Self::Features], per: usize) -> Result<Box<dyn DecoderSession + 'a>>;
 }
 
 impl Backend for cpu::CpuModel {
@@ -40,5 +52,8 @@ impl Backend for cpu::CpuModel {
     }
     fn session<'a>(&'a self, features: &'a Self::Features, n_seq: usize) -> Result<Box<dyn DecoderSession + 'a>> {
         Ok(Box::new(cpu::CpuModel::session(self, features, n_seq)?))
+    }
+    fn session_many<'a>(&'a self, features: &[&'a Self::Features], per: usize) -> Result<Box<dyn DecoderSession + 'a>> {
+        Ok(Box::new(cpu::CpuModel::session_many(self, features, per)?))
     }
 }

@@ -26,18 +26,24 @@ impl BeamSearch {
         BeamSearch { beam_size, eot, max_candidates, finished: Vec::new() }
     }
 
-    /// `BeamSearchDecoder.update`: `logits[j]` belongs to `tokens[j]`.
+    /// `BeamSearchDecoder.update`: `logits[j]` (the rules already applied) belongs to `tokens[j]`.
     pub fn update(&mut self, tokens: &[Vec<u32>], logits: &[&[f32]], sum_logprobs: &[f32]) -> BeamStep {
+        let picks: Vec<Vec<(u32, f32)>> = logits.iter().map(|l| top_logprobs(l, self.beam_size + 1)).collect();
+        self.update_picks(tokens, &picks, sum_logprobs)
+    }
+
+    /// [`BeamSearch::update`] from each sequence's top `beam_size + 1` continuations (token,
+    /// log-probability), best first, as [`top_logprobs`] gives them (or a backend computed them).
+    pub fn update_picks(&mut self, tokens: &[Vec<u32>], picks: &[Vec<(u32, f32)>], sum_logprobs: &[f32]) -> BeamStep {
         // STEP 1: the cumulative log-probability of each sequence's top beam_size + 1 continuations.
         // Equal sequences (all beams are equal at the first step) keep their first position and the
         // last score and source, like a Python dict.
         let mut cands: Vec<(Vec<u32>, f32, usize)> = Vec::new();
         let mut index: HashMap<Vec<u32>, usize> = HashMap::new();
         for (j, prefix) in tokens.iter().enumerate() {
-            let logprobs = log_softmax(logits[j]);
-            for (token, logprob) in topk(&logprobs, self.beam_size + 1) {
+            for &(token, logprob) in picks[j].iter().take(self.beam_size + 1) {
                 let mut seq = prefix.clone();
-                seq.push(token as u32);
+                seq.push(token);
                 let score = sum_logprobs[j] + logprob;
                 match index.get(&seq) {
                     Some(&k) => {
@@ -103,6 +109,12 @@ impl BeamSearch {
         }
         self.finished
     }
+}
+
+/// The `k` likeliest tokens of `logits` (the rules already applied) with their log-probabilities
+/// (`log_softmax`), best first, ties by lower index first.
+pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    topk(&log_softmax(logits), k).into_iter().map(|(i, v)| (i as u32, v)).collect()
 }
 
 /// The k largest entries as (index, value), largest first; ties by lower index first (torch.topk

@@ -12,16 +12,24 @@ pub fn argmax(x: &[f32]) -> usize {
     best
 }
 
+/// The greedy choice from `logits` (the rules already applied): the argmax and its log-probability
+/// (one entry of `log_softmax(logits)`, computed the same way without the whole vector).
+pub fn pick(logits: &[f32]) -> (u32, f32) {
+    let next = argmax(logits);
+    (next as u32, logits[next] - logsumexp(logits))
+}
+
 /// One greedy step for one sequence: picks the next token and adds its log-probability to
 /// `sum_logprob`, unless the sequence had already ended (then it stays at end of text).
 pub fn update(tokens: &mut Vec<u32>, logits: &[f32], sum_logprob: &mut f32, eot: u32) {
-    let ended = tokens.last() == Some(&eot);
-    let next = argmax(logits) as u32;
-    if ended {
+    update_pick(tokens, pick(logits), sum_logprob, eot);
+}
+
+/// [`update`] from the step's choice `(token, logprob)` (see [`pick`]).
+pub fn update_pick(tokens: &mut Vec<u32>, (next, logprob): (u32, f32), sum_logprob: &mut f32, eot: u32) {
+    if tokens.last() == Some(&eot) {
         tokens.push(eot);
     } else {
-        // One entry of log_softmax(logits), computed the same way without the whole vector.
-        let logprob = logits[next as usize] - logsumexp(logits);
         *sum_logprob += logprob;
         tokens.push(next);
     }

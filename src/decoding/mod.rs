@@ -1,6 +1,8 @@
 //! openai-whisper's decoding (`whisper/decoding.py`): logit rules, greedy and beam search.
+mod batch;
 pub mod beam;
 pub mod greedy;
+mod reference;
 pub mod rules;
 
 use crate::model::ModelConfig;
@@ -8,8 +10,9 @@ use crate::text::Tokenizer;
 use anyhow::{bail, Result};
 use rules::{LogitRules, TimestampRules};
 
-/// One utterance's decoder state on some backend: `n_seq` token sequences that share the
-/// utterance's audio features, each with its own self-attention KV cache.
+/// Decoder state on some backend: `n_seq` token sequences, each attending to the audio features
+/// of its utterance (one utterance for all, or several: see `Backend::session_many`), each with
+/// its own self-attention KV cache. All sequences advance together (one position counter).
 pub trait DecoderSession {
     fn n_seq(&self) -> usize;
     fn n_vocab(&self) -> usize;
@@ -18,6 +21,60 @@ pub trait DecoderSession {
     fn forward(&mut self, tokens: &[&[u32]]) -> Result<Vec<f32>>;
     /// Sequence `i` continues from what sequence `source[i]` held (beam search reordering).
     fn reorder(&mut self, source: &[usize]);
+    /// Keeps only the sequences `keep` (strictly increasing indices), which become sequences
+    /// `0..keep.len()`: a finished window's sequences leave, and later steps run without them.
+    fn retain(&mut self, keep: &[usize]) -> Result<()>;
+    /// [`DecoderSession::forward`], then for each sequence, on the logits of its last appended
+    /// position with `select`'s masks applied: the argmax and its log-probability (`k` = 1), or
+    /// the `k` likeliest tokens by log-probability, best first (ties: lower id first). Backends
+    /// that can do this where the logits are (the GPU) return only these; the default does it on
+    /// the host from `forward`'s logits ([`select_on_host`]).
+    fn forward_select(&mut self, tokens: &[&[u32]], select: &Select) -> Result<Vec<Vec<(u32, f32)>>> {
+        select_on_host(self, tokens, select)
+    }
+}
+
+/// What [`DecoderSession::forward_select`] masks and returns: the logit rules of a decoding
+/// without timestamps (SuppressBlank, SuppressTokens), which do not depend on the tokens so far.
+#[derive(Clone, Copy, Debug)]
+pub struct Select<'a> {
+    /// Token ids masked (set to -inf) before selecting: SuppressTokens, every step.
+    pub suppress: &'a [u32],
+    /// Also masked: SuppressBlank's `encode(" ") + [eot]` at the first sampled step, else empty.
+    pub blank: &'a [u32],
+    /// 1 for greedy (the argmax), `beam_size + 1` for beam search.
+    pub k: usize,
+}
+
+impl Select<'_> {
+    /// The selection from one sequence's `logits` with the masks already applied, exactly as the
+    /// searches make it: greedy's argmax (first on ties) and `logit - logsumexp`, or the top `k`
+    /// of `log_softmax`.
+    pub fn pick(&self, logits: &[f32]) -> Vec<(u32, f32)> {
+        if self.k == 1 {
+            vec![greedy::pick(logits)]
+        } else {
+            beam::top_logprobs(logits, self.k)
+        }
+    }
+}
+
+/// [`DecoderSession::forward_select`] on the host, from `forward`'s logits.
+pub fn select_on_host<S: DecoderSession + ?Sized>(session: &mut S, tokens: &[&[u32]], select: &Select) -> Result<Vec<Vec<(u32, f32)>>> {
+    let logits = session.forward(tokens)?;
+    let (n, v) = (session.n_seq(), session.n_vocab());
+    let t = tokens.first().map_or(0, |s| s.len());
+    if n == 0 || t == 0 || logits.len() != n * t * v {
+        bail!("backend returned {} logits, expected {}", logits.len(), n * t * v);
+    }
+    Ok((0..n)
+        .map(|j| {
+            let mut l = logits[(j * t + t - 1) * v..(j * t + t) * v].to_vec();
+            rules::mask(&mut l, select.blank);
+            rules::mask(&mut l, select.suppress);
+            select.pick(&l)
+        })
+        .collect())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,74 +211,20 @@ impl Decoder {
 
     /// `DecodingTask.run` for one audio on a fresh `session` of `n_seq()` sequences.
     pub fn run(&self, session: &mut dyn DecoderSession) -> Result<DecodeResult> {
-        let n = self.n_seq();
-        if session.n_seq() != n {
-            bail!("decoder session holds {} sequences, decoding needs {n}", session.n_seq());
-        }
-        let v = session.n_vocab();
-        let mut tokens = vec![self.initial_tokens.clone(); n];
-        let mut sum_logprobs = vec![0f32; n];
-        let mut no_speech_prob = f32::NAN;
-        let mut beam = self.beam_size.map(|b| beam::BeamSearch::new(b, self.patience, self.eot));
-        for i in 0..self.sample_len {
-            // The first call feeds the whole prompt; later calls only the newest token (KV cache).
-            let feed: Vec<&[u32]> = if i == 0 {
-                tokens.iter().map(|t| t.as_slice()).collect()
-            } else {
-                tokens.iter().map(|t| &t[t.len() - 1..]).collect()
-            };
-            let len = feed[0].len();
-            let logits = session.forward(&feed)?;
-            if logits.len() != n * len * v {
-                bail!("backend returned {} logits, expected {}", logits.len(), n * len * v);
-            }
-            if i == 0 {
-                // no_speech_prob: softmax at the start-of-transcript position, before any rule.
-                let at_sot = &logits[self.sot_index * v..(self.sot_index + 1) * v];
-                no_speech_prob = (at_sot[self.no_speech as usize] - rules::logsumexp(at_sot)).exp();
-            }
-            let mut last: Vec<Vec<f32>> =
-                (0..n).map(|j| logits[(j * len + len - 1) * v..(j * len + len) * v].to_vec()).collect();
-            for (l, t) in last.iter_mut().zip(&tokens) {
-                self.rules.apply(l, t);
-            }
-            let completed = match beam.as_mut() {
-                None => {
-                    for j in 0..n {
-                        greedy::update(&mut tokens[j], &last[j], &mut sum_logprobs[j], self.eot);
-                    }
-                    tokens.iter().all(|t| t.last() == Some(&self.eot))
-                }
-                Some(b) => {
-                    let refs: Vec<&[f32]> = last.iter().map(|l| l.as_slice()).collect();
-                    let step = b.update(&tokens, &refs, &sum_logprobs);
-                    if step.tokens.len() != n {
-                        bail!("beam search kept {} sequences, expected {n}", step.tokens.len());
-                    }
-                    session.reorder(&step.source);
-                    tokens = step.tokens;
-                    sum_logprobs = step.sum_logprobs;
-                    step.completed
-                }
-            };
-            if completed || tokens[0].len() > self.n_ctx {
-                break;
-            }
-        }
-        let candidates = match beam {
-            Some(b) => b.finalize(&tokens, &sum_logprobs),
-            // GreedyDecoder.finalize: every sequence gets an end of text at the end.
-            None => tokens
-                .into_iter()
-                .zip(sum_logprobs)
-                .map(|(mut t, s)| {
-                    t.push(self.eot);
-                    (t, s)
-                })
-                .collect(),
-        };
-        // Keep what lies between the prompt and the first end of text, then rank by
-        // sum log-probability over length (MaximumLikelihoodRanker, no length penalty).
+        let mut out = None;
+        self.run_many(session, &[&self.initial_tokens], &mut |_, r| out = Some(r))?;
+        out.ok_or_else(|| anyhow::anyhow!("internal: decoding gave no result"))
+    }
+
+    /// The prompt length: where sampled tokens begin.
+    pub fn sample_begin(&self) -> usize {
+        self.rules.sample_begin
+    }
+
+    /// What is left between the prompt and the first end of text of each candidate (prompt
+    /// included, end of text appended), ranked by sum log-probability over length
+    /// (MaximumLikelihoodRanker, no length penalty): the `DecodingResult`.
+    fn best(&self, candidates: Vec<(Vec<u32>, f32)>, no_speech_prob: f32) -> Result<DecodeResult> {
         let sampled: Vec<(Vec<u32>, f32)> = candidates
             .into_iter()
             .map(|(t, s)| {
@@ -239,7 +242,9 @@ impl Decoder {
                 best_score = score;
             }
         }
-        let (tokens, sum_logprob) = sampled.into_iter().nth(best).expect("at least one candidate");
+        let Some((tokens, sum_logprob)) = sampled.into_iter().nth(best) else {
+            bail!("internal: decoding ended with no candidate");
+        };
         let avg_logprob = sum_logprob / (tokens.len() + 1) as f32;
         Ok(DecodeResult { tokens, sum_logprob, avg_logprob, no_speech_prob })
     }
@@ -247,16 +252,29 @@ impl Decoder {
     /// `detect_language` on a fresh one-sequence session: the likeliest language token after
     /// start-of-transcript. Returns the language code.
     pub fn detect_language(tokenizer: &Tokenizer, session: &mut dyn DecoderSession) -> Result<String> {
+        Self::detect_languages(tokenizer, session)?.pop().ok_or_else(|| anyhow::anyhow!("internal: no sequence"))
+    }
+
+    /// [`Decoder::detect_language`] for every sequence of a fresh session (one per utterance).
+    pub fn detect_languages(tokenizer: &Tokenizer, session: &mut dyn DecoderSession) -> Result<Vec<String>> {
         let st = &tokenizer.special;
-        let logits = session.forward(&[&[st.sot]])?;
+        let n = session.n_seq();
+        let logits = session.forward(&vec![&[st.sot][..]; n])?;
         let v = session.n_vocab();
-        let logits = &logits[..v];
-        let (code, _) = st
-            .languages
-            .iter()
-            .filter(|(_, id)| (*id as usize) < v)
-            .max_by(|a, b| logits[a.1 as usize].partial_cmp(&logits[b.1 as usize]).unwrap_or(std::cmp::Ordering::Equal))
-            .ok_or_else(|| anyhow::anyhow!("the vocabulary has no language tokens"))?;
-        Ok(code.clone())
+        if logits.len() != n * v {
+            bail!("backend returned {} logits, expected {}", logits.len(), n * v);
+        }
+        logits
+            .chunks_exact(v)
+            .map(|logits| {
+                let (code, _) = st
+                    .languages
+                    .iter()
+                    .filter(|(_, id)| (*id as usize) < v)
+                    .max_by(|a, b| logits[a.1 as usize].partial_cmp(&logits[b.1 as usize]).unwrap_or(std::cmp::Ordering::Equal))
+                    .ok_or_else(|| anyhow::anyhow!("the vocabulary has no language tokens"))?;
+                Ok(code.clone())
+            })
+            .collect()
     }
 }

@@ -39,7 +39,8 @@ impl LogitRules {
     }
 }
 
-fn mask(logits: &mut [f32], ids: &[u32]) {
+/// Sets `logits[id]` to -inf for every id of `ids` inside the vocabulary.
+pub fn mask(logits: &mut [f32], ids: &[u32]) {
     for &t in ids {
         if let Some(l) = logits.get_mut(t as usize) {
             *l = f32::NEG_INFINITY;

@@ -1,13 +1,14 @@
 //! Audio in, text out: openai-whisper's `transcribe()` with `temperature=0`,
-//! `condition_on_previous_text=False` and `without_timestamps=True`, window by window.
-use crate::audio;
+//! `condition_on_previous_text=False` and `without_timestamps=True`. Windows are independent, so
+//! the 30 s windows of many inputs are batched together ([`batch`]).
+mod batch;
+
 use crate::backends::Backend;
-use crate::decoding::{DecodeOptions, Decoder};
+use crate::decoding::DecodeOptions;
 use crate::text::Tokenizer;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 /// transcribe()'s defaults: a window whose <|nospeech|> probability is above this, and whose average
 /// log-probability is not above `LOGPROB_THRESHOLD`, is taken as silence.
@@ -80,28 +81,6 @@ impl<B: Backend> Transcriber<B> {
         Transcriber { backend, tokenizer, options }
     }
 
-    /// Transcribes many inputs, batching 30 s windows across them: up to `max_batch` windows go
-    /// through the encoder and the decoder together. `on_done(i, result)` is called once per input,
-    /// in input order, as soon as input `i` (and every input before it) is done; a bad input is
-    /// reported as its error and the others go on. An error returned by `on_done` stops the work
-    /// and is returned. Results are exactly those of [`Transcriber::transcribe_file`] one by one.
-    pub fn transcribe_many(
-        &self,
-        inputs: &[Audio<'_>],
-        max_batch: usize,
-        mut on_done: impl FnMut(usize, Result<Transcript>) -> Result<()>,
-    ) -> Result<()> {
-        let _ = max_batch;
-        for (i, input) in inputs.iter().enumerate() {
-            let r = match *input {
-                Audio::File(p) => self.transcribe_file(p),
-                Audio::Samples(s) => self.transcribe_samples(s),
-            };
-            on_done(i, r)?;
-        }
-        Ok(())
-    }
-
     /// [`Transcriber::transcribe_many`] over files.
     pub fn transcribe_files<P: AsRef<Path>>(
         &self,
@@ -119,65 +98,22 @@ impl<B: Backend> Transcriber<B> {
         self.backend.max_batch().unwrap_or(8)
     }
 
+    /// Transcribes one file (its windows batched together, up to [`Transcriber::default_batch`]).
     pub fn transcribe_file(&self, path: &Path) -> Result<Transcript> {
-        let start = Instant::now();
-        let samples = audio::load_audio(path)?;
-        let mut t = self.transcribe_samples(&samples).with_context(|| path.display().to_string())?;
-        t.time_taken = start.elapsed().as_secs_f64();
-        Ok(t)
+        self.transcribe_one(Audio::File(path))
     }
 
     /// Transcribes mono 16 kHz samples.
     pub fn transcribe_samples(&self, samples: &[f32]) -> Result<Transcript> {
-        let start = Instant::now();
-        let config = self.backend.config();
-        let windows = audio::transcribe_windows(samples, config.n_mels)?;
-        let mut options = self.options.clone();
-        let mut decoder: Option<Decoder> = None;
-        let mut segments = Vec::new();
-        let mut tokens = Vec::new();
-        for window in &windows {
-            let features = self.backend.encode(&window.mel.data)?;
-            // transcribe() detects the language once, on the first window; the prompt and rules
-            // then stay the same for every window.
-            if decoder.is_none() {
-                if options.language.is_none() {
-                    options.language = Some(if config.multilingual {
-                        let mut session = self.backend.session(&features, 1)?;
-                        Decoder::detect_language(&self.tokenizer, session.as_mut())?
-                    } else {
-                        "en".to_string()
-                    });
-                }
-                decoder = Some(Decoder::new(config, &self.tokenizer, &options)?);
-            }
-            let decoder = decoder.as_ref().expect("set above");
-            let mut session = self.backend.session(&features, decoder.n_seq())?;
-            let result = decoder.run(session.as_mut())?;
-            let start_s = window.start_frame as f64 * audio::HOP_LENGTH as f64 / audio::SAMPLE_RATE as f64;
-            let end_s = (window.start_frame + window.content_frames) as f64 * audio::HOP_LENGTH as f64
-                / audio::SAMPLE_RATE as f64;
-            // transcribe() skips a window that looks like silence.
-            let silent = result.no_speech_prob > NO_SPEECH_THRESHOLD && result.avg_logprob <= LOGPROB_THRESHOLD;
-            let seg_tokens = if silent { vec![] } else { result.tokens.clone() };
-            let text = self.tokenizer.decode(&seg_tokens)?;
-            tokens.extend(&seg_tokens);
-            segments.push(Segment {
-                start: start_s,
-                end: end_s,
-                text,
-                tokens: seg_tokens,
-                avg_logprob: result.avg_logprob,
-                no_speech_prob: result.no_speech_prob,
-            });
-        }
-        Ok(Transcript {
-            text: self.tokenizer.decode(&tokens)?,
-            tokens,
-            language: options.language.unwrap_or_default(),
-            segments,
-            duration: samples.len() as f64 / audio::SAMPLE_RATE as f64,
-            time_taken: start.elapsed().as_secs_f64(),
-        })
+        self.transcribe_one(Audio::Samples(samples))
+    }
+
+    fn transcribe_one(&self, input: Audio<'_>) -> Result<Transcript> {
+        let mut out = None;
+        self.transcribe_many(&[input], self.default_batch(), |_, r| {
+            out = Some(r);
+            Ok(())
+        })?;
+        out.unwrap_or_else(|| Err(anyhow::anyhow!("internal: no transcript")))
     }
 }

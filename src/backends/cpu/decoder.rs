@@ -69,28 +69,35 @@ impl Decoder {
         })
     }
 
-    pub fn session(&self, features: &Tensor, n_seq: usize) -> Result<CpuSession<'_>> {
+    /// A session of `features.len() * per` sequences; sequence `s` attends to `features[s / per]`.
+    pub fn session(&self, features: &[&Tensor], per: usize) -> Result<CpuSession<'_>> {
         let (t, n) = (self.n_audio_ctx, self.n_state);
-        if features.shape != [t, n] || features.data.len() != t * n {
-            bail!("audio features have shape {:?}, expected [{t}, {n}]", features.shape);
+        if let Some(f) = features.iter().find(|f| f.shape != [t, n] || f.data.len() != t * n) {
+            bail!("audio features have shape {:?}, expected [{t}, {n}]", f.shape);
         }
+        let n_seq = features.len() * per;
         if n_seq == 0 {
             bail!("a decoder session needs at least one sequence");
         }
-        let x = View::new(&features.data, t, n);
-        let cross = self
-            .blocks
+        let cross = features
             .iter()
-            .map(|b| {
-                let mut kv = vec![0.0f32; t * 2 * n];
-                b.cross_kv.forward(x, &mut kv);
-                kv
+            .map(|f| {
+                let x = View::new(&f.data, t, n);
+                self.blocks
+                    .iter()
+                    .map(|b| {
+                        let mut kv = vec![0.0f32; t * 2 * n];
+                        b.cross_kv.forward(x, &mut kv);
+                        kv
+                    })
+                    .collect()
             })
             .collect();
         // Zeroed allocations are lazy: untouched cache pages cost nothing.
         let per_seq = self.blocks.len() * self.n_ctx * n;
         let caches = (0..n_seq).map(|_| SeqCache { k: vec![0.0; per_seq], v: vec![0.0; per_seq] }).collect();
-        Ok(CpuSession { dec: self, cross, caches, len: 0 })
+        let utt = (0..n_seq).map(|s| s / per).collect();
+        Ok(CpuSession { dec: self, cross, utt, caches, len: 0 })
     }
 }
 
@@ -103,8 +110,10 @@ struct SeqCache {
 /// A decoder session on the CPU: see [`DecoderSession`].
 pub struct CpuSession<'a> {
     dec: &'a Decoder,
-    /// Per layer `[n_audio_ctx][2n]`: cross keys in columns 0..n, values in n..2n.
-    cross: Vec<Vec<f32>>,
+    /// Per utterance, per layer `[n_audio_ctx][2n]`: cross keys in columns 0..n, values in n..2n.
+    cross: Vec<Vec<Vec<f32>>>,
+    /// The utterance of each sequence (an index into `cross`).
+    utt: Vec<usize>,
     caches: Vec<SeqCache>,
     /// Positions filled in every sequence.
     len: usize,
@@ -179,7 +188,40 @@ impl CpuSession<'_> {
             new[i] = Some(buf);
         }
         self.caches = new.into_iter().flatten().collect();
+        self.utt = source.iter().map(|&s| self.utt[s]).collect();
         Ok(())
+    }
+
+    /// See [`DecoderSession::retain`]: the other sequences' caches are dropped.
+    pub fn try_retain(&mut self, keep: &[usize]) -> Result<()> {
+        let n_seq = self.caches.len();
+        if keep.is_empty() || keep.windows(2).any(|w| w[0] >= w[1]) || keep.iter().any(|&s| s >= n_seq) {
+            bail!("retain {keep:?} is not increasing indices below {n_seq}");
+        }
+        let mut keep_it = keep.iter().peekable();
+        let mut i = 0;
+        self.caches.retain(|_| {
+            let k = keep_it.peek() == Some(&&i);
+            if k {
+                keep_it.next();
+            }
+            i += 1;
+            k
+        });
+        self.utt = keep.iter().map(|&s| self.utt[s]).collect();
+        Ok(())
+    }
+
+    /// Runs of consecutive sequences that share an utterance: (first, end, utterance).
+    fn utterance_runs(&self) -> Vec<(usize, usize, usize)> {
+        let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+        for (s, &u) in self.utt.iter().enumerate() {
+            match runs.last_mut() {
+                Some(r) if r.2 == u => r.1 = s + 1,
+                _ => runs.push((s, s + 1, u)),
+            }
+        }
+        runs
     }
 
     fn run(&mut self, tokens: &[&[u32]]) -> Result<Vec<f32>> {
@@ -200,6 +242,7 @@ impl CpuSession<'_> {
         }
         let (mut h, mut qkv, mut att, mut u) = (vec![0.0; m * n], vec![0.0; m * 3 * n], vec![0.0; m * n], vec![0.0; m * 4 * n]);
         let threads = rayon::current_num_threads();
+        let runs = self.utterance_runs();
         for (l, b) in d.blocks.iter().enumerate() {
             // Causal self-attention over the cache.
             b.base.attn_ln.forward(&x, &mut h);
@@ -232,11 +275,27 @@ impl CpuSession<'_> {
             }
             b.base.out.forward_add(View::new(&att, m, n), &mut x);
 
-            // Cross-attention: every sequence's queries against the same audio keys/values.
+            // Cross-attention: each sequence's queries against its utterance's audio keys/values.
             b.cross_ln.forward(&x, &mut h);
             b.cross_q.forward(View::new(&h, m, n), &mut qkv[..m * n]);
-            let kv = View::new(&self.cross[l], d.n_audio_ctx, 2 * n);
-            attention(View::new(&qkv[..m * n], m, n), kv.cols(0, n), kv.cols(n, n), d.n_head, None, &mut att, true);
+            let q_all = View::new(&qkv[..m * n], m, n);
+            let mut outs: Vec<(&mut [f32], usize, usize, usize)> = Vec::with_capacity(runs.len());
+            let mut rest = &mut att[..m * n];
+            for &(s0, s1, u) in &runs {
+                let (head, tail) = rest.split_at_mut((s1 - s0) * t * n);
+                outs.push((head, s0, s1, u));
+                rest = tail;
+            }
+            let cross_attn = |(out, s0, s1, u): (&mut [f32], usize, usize, usize), parallel: bool| {
+                let kv = View::new(&self.cross[u][l], d.n_audio_ctx, 2 * n);
+                let q = q_all.rows(s0 * t, (s1 - s0) * t);
+                attention(q, kv.cols(0, n), kv.cols(n, n), d.n_head, None, out, parallel);
+            };
+            if runs.len() >= threads {
+                outs.into_par_iter().for_each(|o| cross_attn(o, false));
+            } else {
+                outs.into_iter().for_each(|o| cross_attn(o, true));
+            }
             b.cross_out.forward_add(View::new(&att, m, n), &mut x);
 
             b.base.mlp(&mut x, m, &mut h, &mut u);
@@ -266,5 +325,9 @@ impl DecoderSession for CpuSession<'_> {
     /// (the trait gives no way to report it); [`CpuSession::try_reorder`] reports it.
     fn reorder(&mut self, source: &[usize]) {
         let _ = self.try_reorder(source);
+    }
+
+    fn retain(&mut self, keep: &[usize]) -> Result<()> {
+        self.try_retain(keep)
     }
 }

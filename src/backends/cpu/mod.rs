@@ -68,6 +68,12 @@ impl CpuModel {
     /// cross-attention keys and values of every layer are computed once, here; each sequence
     /// keeps its own self-attention KV cache of `n_text_ctx` positions.
     pub fn session(&self, features: &Tensor, n_seq: usize) -> Result<CpuSession<'_>> {
-        self.decoder.session(features, n_seq)
+        self.decoder.session(&[features], n_seq)
+    }
+
+    /// A decoder session of `features.len() * per` sequences: sequence `s` attends to the audio
+    /// features `features[s / per]` (see [`CpuModel::session`]).
+    pub fn session_many(&self, features: &[&Tensor], per: usize) -> Result<CpuSession<'_>> {
+        self.decoder.session(features, per)
     }
 }

@@ -18,7 +18,7 @@ pub const SPLIT_KEYS: usize = 128;
 pub const SPLIT_PART: usize = D_HEAD + 2;
 
 /// Every kernel: (file stem, kernel name).
-pub const FUNCTIONS: [(&str, &str); 16] = [
+pub const FUNCTIONS: [(&str, &str); 17] = [
     ("layernorm", "layernorm_f32_f16"),
     ("conv", "im2col_conv1"),
     ("conv", "im2col_conv2_gelu"),
@@ -34,10 +34,14 @@ pub const FUNCTIONS: [(&str, &str); 16] = [
     ("kv_cache", "kv_copy"),
     ("embedding", "embed_tokens"),
     ("logits", "masked_argmax"),
+    ("logits", "topk_logprobs"),
     ("gemv", "gemv_f16"),
 ];
 
 /// Rows the GEMV kernel takes at most (`GEMV_MAX_M` in gemv.cu).
+/// Largest k of [`Kernels::topk_logprobs`] (`TOPK_MAX` in logits.cu).
+pub const TOPK_MAX: usize = 16;
+
 pub const GEMV_MAX_M: usize = 8;
 /// Warps per block of the GEMV kernel (`GEMV_WARPS`), one output feature each.
 const GEMV_WARPS: usize = 4;
@@ -94,6 +98,7 @@ pub struct Kernels {
     embed_tokens: CudaFunction,
     masked_argmax: CudaFunction,
     gemv_f16: CudaFunction,
+    topk_logprobs: CudaFunction,
     /// GEMV blocks resident at once (4 per multiprocessor at its 128 registers per thread):
     /// the grid never exceeds one wave; warps stride over the remaining outputs.
     gemv_wave: usize,
@@ -147,6 +152,7 @@ impl Kernels {
             gemv_f16: f("gemv", "gemv_f16")?,
             gemv_wave: 4 * gpu
                 .ctx
+            topk_logprobs: f("logits", "topk_logprobs")?,
                 .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
                 .map_or(108, |v| v.max(1) as usize),
         })
@@ -482,6 +488,25 @@ impl Kernels {
     /// stream `[m][k]` and x' its LayerNorm (see [`gemv_fuses_ln`]); else x' = x, fp16 rows of
     /// stride `ldx`. y rows of stride `ldy`.
     #[allow(clippy::too_many_arguments)]
+    /// Per row of f32 `[rows][v]` logits, with logit j masked to -inf where `mask[j] & mask_bits`
+    /// (`mask` u8 `[v]`): the argmax and its log-probability (`k` = 1) or the `k` (at most
+    /// [`TOPK_MAX`]) largest log-probabilities, best first, into `out` u32 `[rows][k][2]` (token
+    /// id, f32 bits). See `topk_logprobs` in logits.cu.
+    #[allow(clippy::too_many_arguments)]
+    pub fn topk_logprobs(&self, logits: CUdeviceptr, mask: CUdeviceptr, mask_bits: u8, rows: usize, v: usize, k: usize, out: CUdeviceptr) -> Result<()> {
+        if k == 0 || k > TOPK_MAX {
+            return Err(anyhow!("internal: top-{k} is out of the kernel's range 1..={TOPK_MAX}"));
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let (vv, kk, bits) = (i32_of(v, "v")?, k as i32, mask_bits as i32);
+        let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+        unsafe { self.stream.launch_builder(&self.topk_logprobs).arg(&logits).arg(&mask).arg(&bits).arg(&vv).arg(&kk).arg(&out).launch(cfg) }
+            .map_err(launched("topk_logprobs"))?;
+        Ok(())
+    }
+
     pub fn gemv(
         &self,
         w: CUdeviceptr,

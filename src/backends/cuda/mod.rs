@@ -22,6 +22,7 @@ pub mod encoder;
 pub mod gemm;
 pub mod kernels;
 pub mod layout;
+mod select;
 pub mod weights;
 
 pub use decoder::CudaSession;
@@ -47,6 +48,7 @@ pub struct CudaModel {
     enc_buf: RefCell<encoder::EncoderBuffers>,
     dec_state: RefCell<decoder::DecoderState>,
     pool: Arc<Mutex<Vec<DeviceBuffer>>>,
+    select: select::SelectBuffers,
     weights: weights::DeviceWeights,
     // Last: everything above holds device memory of this context.
     gpu: Gpu,
@@ -129,6 +131,7 @@ impl CudaModel {
         let max_seqs = options.max_batch.max(1) * options.beam_width.max(1);
         let dec_state = decoder::DecoderState::new(&gpu, &config, max_seqs)?;
         gpu.sync()?;
+        let select = select::SelectBuffers::new(&gpu, config.n_vocab, max_seqs)?;
         Ok(CudaModel {
             config,
             options,
@@ -139,6 +142,7 @@ impl CudaModel {
             enc_buf: RefCell::new(enc_buf),
             dec_state: RefCell::new(dec_state),
             pool: Arc::new(Mutex::new(Vec::new())),
+            select,
             weights,
             gpu,
         })
@@ -233,7 +237,13 @@ impl CudaModel {
 
     /// A decoder session of `n_seq` sequences (at most max_batch * beam_width) over `features`.
     pub fn session<'a>(&'a self, features: &'a CudaFeatures, n_seq: usize) -> Result<CudaSession<'a>> {
-        self.new_session(features, n_seq)
+        self.new_session(&[features], n_seq)
+    }
+
+    /// A decoder session of `features.len() * per` sequences (at most max_batch * beam_width):
+    /// sequence `s` attends to `features[s / per]`.
+    pub fn session_many<'a>(&'a self, features: &[&'a CudaFeatures], per: usize) -> Result<CudaSession<'a>> {
+        self.new_session(features, per)
     }
 }
 
@@ -258,7 +268,23 @@ impl Backend for CudaModel {
     }
 
     fn session<'a>(&'a self, features: &'a CudaFeatures, n_seq: usize) -> Result<Box<dyn DecoderSession + 'a>> {
-        Ok(Box::new(self.new_session(features, n_seq)?))
+    fn encode_batch(&self, mels: &[&[f32]]) -> Result<Vec<CudaFeatures>> {
+        let mut out = Vec::with_capacity(mels.len());
+        for chunk in mels.chunks(self.options.max_batch.max(1)) {
+            out.extend(CudaModel::encode_batch(self, chunk)?);
+        }
+        Ok(out)
+    }
+
+    fn max_sequences(&self) -> Option<usize> {
+        Some(self.options.max_batch.max(1) * self.options.beam_width.max(1))
+    }
+
+        Ok(Box::new(self.new_session(&[features], n_seq)?))
+    }
+
+    fn session_many<'a>(&'a self, features: &[&'a CudaFeatures], per: usize) -> Result<Box<dyn DecoderSession + 'a>> {
+        Ok(Box::new(self.new_session(features, per)?))
     }
 
     /// Memory in use on the whole GPU (cudaMemGetInfo), so other processes count too.
