@@ -49,8 +49,8 @@ pub fn align(reference: &str, hypothesis: &str) -> Edits {
     let w = m + 1;
     // Full table: utterances are short (hundreds of words at most per 30 s window).
     let mut d = vec![0u32; (n + 1) * w];
-    for j in 0..=m {
-        d[j] = j as u32;
+    for (j, cell) in d.iter_mut().take(w).enumerate() {
+        *cell = j as u32;
     }
     for i in 1..=n {
         d[i * w] = i as u32;

@@ -119,7 +119,7 @@ fn transcript_lines(path: &Path) -> Result<Vec<(usize, String, String)>> {
         if line.trim().is_empty() {
             continue;
         }
-        let (id, reference) = line.split_once(|c: char| c == ' ' || c == '\t').unwrap_or((line, ""));
+        let (id, reference) = line.split_once([' ', '\t']).unwrap_or((line, ""));
         let ok = !id.is_empty()
             && id != "."
             && id != ".."
