@@ -158,6 +158,9 @@ pub struct CudaSession<'a> {
     len: usize,
     /// Cache slot of each sequence.
     slots: Vec<usize>,
+    /// The cross K/V address of each sequence's utterance (what `DecoderState.cross_table` holds):
+    /// indexed by sequence, so it follows reorders and retires.
+    cross: Vec<u64>,
     /// A failure inside `reorder` (which cannot return one), reported by the next `forward`.
     error: Option<anyhow::Error>,
 }
@@ -169,6 +172,7 @@ impl CudaModel {
             .dec_state
             .try_borrow_mut()
             .map_err(|_| anyhow!("the CUDA backend runs one decoder session at a time; drop the other first"))?;
+        let n_seq = features.len() * per;
         if n_seq == 0 || n_seq > st.max_seqs {
             bail!(
                 "a decoder session of {n_seq} sequences does not fit this engine (1 to {}: rebuild with a larger --beam-width or --max-batch)",
@@ -178,9 +182,6 @@ impl CudaModel {
         if let Some(f) = features.iter().find(|f| f.bytes != self.features_bytes()) {
             bail!("audio features of another model ({} bytes, expected {})", f.bytes, self.features_bytes());
         }
-    /// The cross K/V address of each sequence's utterance (what `DecoderState.cross_table` holds):
-    /// indexed by sequence, so it follows reorders and retires.
-    cross: Vec<u64>,
         let slots: Vec<usize> = (0..n_seq).collect();
         let table: Vec<i32> = slots.iter().map(|&s| s as i32).collect();
         self.gpu.copy_to(&st.slots, 0, &table)?;
@@ -192,7 +193,6 @@ impl CudaModel {
 
 impl CudaSession<'_> {
     /// Tokens every sequence holds so far.
-        let n_seq = features.len() * per;
     pub fn len(&self) -> usize {
         self.len
     }
@@ -418,7 +418,46 @@ impl CudaSession<'_> {
         let table: Vec<i32> = new.iter().map(|&s| s as i32).collect();
         self.model.gpu.copy_to(&self.st.slots, 0, &table)?;
         self.slots = new;
+        let cross: Vec<u64> = source.iter().map(|&s| self.cross[s]).collect();
+        if cross != self.cross {
+            self.model.gpu.copy_to(&self.st.cross_table, 0, &cross)?;
+            self.cross = cross;
+        }
         Ok(())
+    }
+
+    /// See [`DecoderSession::retain`]: the slot and cross K/V tables are compacted (no cache
+    /// copies); the dropped sequences' slots become free.
+    pub fn try_retain(&mut self, keep: &[usize]) -> Result<()> {
+        if let Some(e) = self.error.take() {
+            return Err(e.context("an earlier beam reorder failed"));
+        }
+        let n_seq = self.n_seq;
+        if keep.is_empty() || keep.windows(2).any(|w| w[0] >= w[1]) || keep.iter().any(|&s| s >= n_seq) {
+            bail!("retain {keep:?} is not increasing indices below {n_seq}");
+        }
+        self.slots = keep.iter().map(|&s| self.slots[s]).collect();
+        self.cross = keep.iter().map(|&s| self.cross[s]).collect();
+        let table: Vec<i32> = self.slots.iter().map(|&s| s as i32).collect();
+        self.model.gpu.copy_to(&self.st.slots, 0, &table)?;
+        self.model.gpu.copy_to(&self.st.cross_table, 0, &self.cross)?;
+        self.n_seq = keep.len();
+        Ok(())
+    }
+
+    /// [`DecoderSession::forward_select`] with the masks and the selection on the GPU, for
+    /// one-token steps; other feeds go through the host.
+    fn select_on_device(&mut self, tokens: &[&[u32]], select: &Select) -> Result<Vec<Vec<(u32, f32)>>> {
+        if tokens.first().is_none_or(|t| t.len() != 1) || !super::select::fits(select) {
+            return select_on_host(self, tokens, select);
+        }
+        if let Some(e) = self.error.take() {
+            return Err(e.context("an earlier beam reorder failed"));
+        }
+        self.check(tokens)?;
+        let ids: Vec<i32> = tokens.iter().map(|s| s[0] as i32).collect();
+        self.step(&ids, 1)?;
+        self.model.select_rows(self.st.logits.ptr(), self.n_seq, select)
     }
 }
 
@@ -474,49 +513,18 @@ impl DecoderSession for CudaSession<'_> {
 
     /// Bad input or a failed copy is kept and reported by the next `forward` (the trait gives
     /// `reorder` no way to report it); [`CudaSession::try_reorder`] reports it at once.
-        let cross: Vec<u64> = source.iter().map(|&s| self.cross[s]).collect();
-        if cross != self.cross {
-            self.model.gpu.copy_to(&self.st.cross_table, 0, &cross)?;
-            self.cross = cross;
-        }
-        Ok(())
-    }
-
-    /// See [`DecoderSession::retain`]: the slot and cross K/V tables are compacted (no cache
-    /// copies); the dropped sequences' slots become free.
-    pub fn try_retain(&mut self, keep: &[usize]) -> Result<()> {
-        if let Some(e) = self.error.take() {
-            return Err(e.context("an earlier beam reorder failed"));
-        }
-        let n_seq = self.n_seq;
-        if keep.is_empty() || keep.windows(2).any(|w| w[0] >= w[1]) || keep.iter().any(|&s| s >= n_seq) {
-            bail!("retain {keep:?} is not increasing indices below {n_seq}");
-        }
-        self.slots = keep.iter().map(|&s| self.slots[s]).collect();
-        self.cross = keep.iter().map(|&s| self.cross[s]).collect();
-        let table: Vec<i32> = self.slots.iter().map(|&s| s as i32).collect();
-        self.model.gpu.copy_to(&self.st.slots, 0, &table)?;
-        self.model.gpu.copy_to(&self.st.cross_table, 0, &self.cross)?;
-        self.n_seq = keep.len();
     fn reorder(&mut self, source: &[usize]) {
         if let Err(e) = self.try_reorder(source) {
-
-    /// [`DecoderSession::forward_select`] with the masks and the selection on the GPU, for
-    /// one-token steps; other feeds go through the host.
-    fn select_on_device(&mut self, tokens: &[&[u32]], select: &Select) -> Result<Vec<Vec<(u32, f32)>>> {
-        if tokens.first().is_none_or(|t| t.len() != 1) || !super::select::fits(select) {
-            return select_on_host(self, tokens, select);
-        }
-        if let Some(e) = self.error.take() {
-            return Err(e.context("an earlier beam reorder failed"));
-        }
-        self.check(tokens)?;
-        let ids: Vec<i32> = tokens.iter().map(|s| s[0] as i32).collect();
-        self.step(&ids, 1)?;
-        self.model.select_rows(self.st.logits.ptr(), self.n_seq, select)
-    }
             self.error.get_or_insert(e);
         }
+    }
+
+    fn retain(&mut self, keep: &[usize]) -> Result<()> {
+        self.try_retain(keep)
+    }
+
+    fn forward_select(&mut self, tokens: &[&[u32]], select: &Select) -> Result<Vec<Vec<(u32, f32)>>> {
+        self.select_on_device(tokens, select)
     }
 }
 
@@ -574,14 +582,6 @@ mod tests {
             }
             for s in source.iter_mut() {
                 seed ^= seed << 13;
-
-    fn retain(&mut self, keep: &[usize]) -> Result<()> {
-        self.try_retain(keep)
-    }
-
-    fn forward_select(&mut self, tokens: &[&[u32]], select: &Select) -> Result<Vec<Vec<(u32, f32)>>> {
-        self.select_on_device(tokens, select)
-    }
                 seed ^= seed >> 17;
                 seed ^= seed << 5;
                 *s = (seed as usize) % n;

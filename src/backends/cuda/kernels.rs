@@ -38,10 +38,10 @@ pub const FUNCTIONS: [(&str, &str); 17] = [
     ("gemv", "gemv_f16"),
 ];
 
-/// Rows the GEMV kernel takes at most (`GEMV_MAX_M` in gemv.cu).
 /// Largest k of [`Kernels::topk_logprobs`] (`TOPK_MAX` in logits.cu).
 pub const TOPK_MAX: usize = 16;
 
+/// Rows the GEMV kernel takes at most (`GEMV_MAX_M` in gemv.cu).
 pub const GEMV_MAX_M: usize = 8;
 /// Warps per block of the GEMV kernel (`GEMV_WARPS`), one output feature each.
 const GEMV_WARPS: usize = 4;
@@ -97,8 +97,8 @@ pub struct Kernels {
     kv_copy: CudaFunction,
     embed_tokens: CudaFunction,
     masked_argmax: CudaFunction,
-    gemv_f16: CudaFunction,
     topk_logprobs: CudaFunction,
+    gemv_f16: CudaFunction,
     /// GEMV blocks resident at once (4 per multiprocessor at its 128 registers per thread):
     /// the grid never exceeds one wave; warps stride over the remaining outputs.
     gemv_wave: usize,
@@ -149,10 +149,10 @@ impl Kernels {
             kv_copy: f("kv_cache", "kv_copy")?,
             embed_tokens: f("embedding", "embed_tokens")?,
             masked_argmax: f("logits", "masked_argmax")?,
+            topk_logprobs: f("logits", "topk_logprobs")?,
             gemv_f16: f("gemv", "gemv_f16")?,
             gemv_wave: 4 * gpu
                 .ctx
-            topk_logprobs: f("logits", "topk_logprobs")?,
                 .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
                 .map_or(108, |v| v.max(1) as usize),
         })
@@ -483,11 +483,6 @@ impl Kernels {
         Ok(())
     }
 
-    /// `y[r] (+)= x'[r] · wᵀ + bias` for `m` rows (at most [`GEMV_MAX_M`]): w fp16 `[n][k]`,
-    /// bias in the output's type (or none). `ln = Some((gamma, beta))`: x is the f32 residual
-    /// stream `[m][k]` and x' its LayerNorm (see [`gemv_fuses_ln`]); else x' = x, fp16 rows of
-    /// stride `ldx`. y rows of stride `ldy`.
-    #[allow(clippy::too_many_arguments)]
     /// Per row of f32 `[rows][v]` logits, with logit j masked to -inf where `mask[j] & mask_bits`
     /// (`mask` u8 `[v]`): the argmax and its log-probability (`k` = 1) or the `k` (at most
     /// [`TOPK_MAX`]) largest log-probabilities, best first, into `out` u32 `[rows][k][2]` (token
@@ -507,6 +502,11 @@ impl Kernels {
         Ok(())
     }
 
+    /// `y[r] (+)= x'[r] · wᵀ + bias` for `m` rows (at most [`GEMV_MAX_M`]): w fp16 `[n][k]`,
+    /// bias in the output's type (or none). `ln = Some((gamma, beta))`: x is the f32 residual
+    /// stream `[m][k]` and x' its LayerNorm (see [`gemv_fuses_ln`]); else x' = x, fp16 rows of
+    /// stride `ldx`. y rows of stride `ldy`.
+    #[allow(clippy::too_many_arguments)]
     pub fn gemv(
         &self,
         w: CUdeviceptr,

@@ -47,8 +47,8 @@ pub struct CudaModel {
     dec: weights::DecoderWeights,
     enc_buf: RefCell<encoder::EncoderBuffers>,
     dec_state: RefCell<decoder::DecoderState>,
-    pool: Arc<Mutex<Vec<DeviceBuffer>>>,
     select: select::SelectBuffers,
+    pool: Arc<Mutex<Vec<DeviceBuffer>>>,
     weights: weights::DeviceWeights,
     // Last: everything above holds device memory of this context.
     gpu: Gpu,
@@ -130,8 +130,8 @@ impl CudaModel {
         let enc_buf = encoder::EncoderBuffers::new(&gpu, &config, options.max_batch)?;
         let max_seqs = options.max_batch.max(1) * options.beam_width.max(1);
         let dec_state = decoder::DecoderState::new(&gpu, &config, max_seqs)?;
-        gpu.sync()?;
         let select = select::SelectBuffers::new(&gpu, config.n_vocab, max_seqs)?;
+        gpu.sync()?;
         Ok(CudaModel {
             config,
             options,
@@ -141,8 +141,8 @@ impl CudaModel {
             dec,
             enc_buf: RefCell::new(enc_buf),
             dec_state: RefCell::new(dec_state),
-            pool: Arc::new(Mutex::new(Vec::new())),
             select,
+            pool: Arc::new(Mutex::new(Vec::new())),
             weights,
             gpu,
         })
@@ -267,7 +267,6 @@ impl Backend for CudaModel {
         v.pop().ok_or_else(|| anyhow!("internal: the encoder returned no features"))
     }
 
-    fn session<'a>(&'a self, features: &'a CudaFeatures, n_seq: usize) -> Result<Box<dyn DecoderSession + 'a>> {
     fn encode_batch(&self, mels: &[&[f32]]) -> Result<Vec<CudaFeatures>> {
         let mut out = Vec::with_capacity(mels.len());
         for chunk in mels.chunks(self.options.max_batch.max(1)) {
@@ -280,6 +279,7 @@ impl Backend for CudaModel {
         Some(self.options.max_batch.max(1) * self.options.beam_width.max(1))
     }
 
+    fn session<'a>(&'a self, features: &'a CudaFeatures, n_seq: usize) -> Result<Box<dyn DecoderSession + 'a>> {
         Ok(Box::new(self.new_session(&[features], n_seq)?))
     }
 
