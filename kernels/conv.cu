@@ -8,9 +8,10 @@
 
 __device__ __forceinline__ float gelu_erf(float x) { return 0.5f * x * (1.f + erff(x * 0.70710678118654752f)); }
 
-// mel: f32 [batch][n_mels][n_frames] -> col: fp16 [batch][n_frames][3 * n_mels], tap-major:
-// col[b][f][j * n_mels + c] = mel[b][c][f + j - 1] (zero outside the frames).
-extern "C" __global__ void im2col_conv1(const float* __restrict__ mel, __half* __restrict__ col, int batch, int n_mels,
+// mel: fp16 [batch][n_mels][n_frames] (rounded on the host, as conv1's fp16 GEMM reads it) ->
+// col: fp16 [batch][n_frames][3 * n_mels], tap-major: col[b][f][j * n_mels + c] =
+// mel[b][c][f + j - 1] (zero outside the frames).
+extern "C" __global__ void im2col_conv1(const __half* __restrict__ mel, __half* __restrict__ col, int batch, int n_mels,
                                         int n_frames) {
     size_t total = (size_t)batch * n_frames * 3 * n_mels;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
@@ -20,8 +21,7 @@ extern "C" __global__ void im2col_conv1(const float* __restrict__ mel, __half* _
         int b = (int)(bf / (size_t)n_frames);
         int j = k / n_mels, c = k % n_mels;
         int src = f + j - 1;
-        float v = (src >= 0 && src < n_frames) ? mel[((size_t)b * n_mels + c) * n_frames + src] : 0.f;
-        col[i] = __float2half_rn(v);
+        col[i] = (src >= 0 && src < n_frames) ? mel[((size_t)b * n_mels + c) * n_frames + src] : __float2half_rn(0.f);
     }
 }
 

@@ -157,8 +157,8 @@ fn conv_front_end_kernels_match_cpu() {
     let mut r = Rng::new("conv");
     let (batch, n_mels, nf, n) = (2, 80, 64, 64);
     // im2col of conv1: an exact gather of fp16-rounded mel values.
-    let mel = r.vec(batch * n_mels * nf, 2.0);
-    let (dmel, dcol) = (fx.f32s(&mel), fx.poison(batch * nf * 3 * n_mels * 2));
+    let mel = r.vec16(batch * n_mels * nf, 2.0);
+    let (dmel, dcol) = (fx.f16s(&mel), fx.poison(batch * nf * 3 * n_mels * 2));
     fx.k.im2col_conv1(dmel.ptr(), dcol.ptr(), batch, n_mels, nf).unwrap();
     let mut want = Vec::new();
     for b in 0..batch {
@@ -206,6 +206,13 @@ fn conv_front_end_kernels_match_cpu() {
     fx.k.gelu_f16(du.ptr(), u.len()).unwrap();
     let want: Vec<f64> = u.iter().map(|&v| gelu(v as f64)).collect();
     check("gelu_f16", &fx.get_f16(&du, u.len()), &want);
+    // From an address that is not 16-byte aligned (the value-by-value path); the first value
+    // must stay as it was.
+    let u = r.vec16(523, 4.0);
+    let du = fx.f16s(&u);
+    fx.k.gelu_f16(du.ptr() + 2, u.len() - 1).unwrap();
+    let want: Vec<f64> = u.iter().enumerate().map(|(i, &v)| if i == 0 { v as f64 } else { gelu(v as f64) }).collect();
+    check("gelu_f16 unaligned", &fx.get_f16(&du, u.len()), &want);
 }
 
 /// softmax(q · Kᵀ) · V over the given key rows, in f64.

@@ -85,8 +85,8 @@ pub fn encoder_shapes(c: &ModelConfig, windows: usize) -> Vec<GemmShape> {
         GemmShape::linear(rows, n, 3 * n, Out::F32, Epilogue::Bias, false),                         // conv2
         GemmShape::linear(rows, 3 * n, n, Out::F16, Epilogue::Bias, false),                          // qkv
         GemmShape::linear(rows, n, n, Out::F32, Epilogue::Bias, true),                               // out
-        GemmShape::linear(rows, 4 * n, n, Out::F16, Epilogue::Bias, false),                          // fc1
-        GemmShape::linear(rows, 4 * n, n, Out::F16, Epilogue::BiasGelu, false), // fc1 with GELU (see encoder.rs)
+        GemmShape::linear(rows, 4 * n, n, Out::F16, Epilogue::BiasGelu, false),                      // fc1 (+GELU)
+        GemmShape::linear(rows, 4 * n, n, Out::F16, Epilogue::Bias, false), // fc1, exact GELU after (encoder.rs)
         GemmShape::linear(rows, n, 4 * n, Out::F32, Epilogue::Bias, true),                           // fc2
         // The cross-attention K/V of every decoder layer, one window at a time.
         GemmShape::linear(t, c.n_text_layer * 2 * c.n_text_state, n, Out::F16, Epilogue::Bias, false),

@@ -171,7 +171,7 @@ impl Kernels {
         Ok(())
     }
 
-    /// mel f32 `[batch][n_mels][n_frames]` -> conv1's im2col fp16 `[batch][n_frames][3 n_mels]`.
+    /// mel fp16 `[batch][n_mels][n_frames]` -> conv1's im2col fp16 `[batch][n_frames][3 n_mels]`.
     pub fn im2col_conv1(&self, mel: CUdeviceptr, col: CUdeviceptr, batch: usize, n_mels: usize, n_frames: usize) -> Result<()> {
         let (b, m, f) = (i32_of(batch, "batch")?, i32_of(n_mels, "n_mels")?, i32_of(n_frames, "n_frames")?);
         let cfg = grid_stride(batch * n_frames * 3 * n_mels, 256);
@@ -201,7 +201,8 @@ impl Kernels {
     /// In place on `n` fp16 values: exact GELU.
     pub fn gelu_f16(&self, x: CUdeviceptr, n: usize) -> Result<()> {
         let nn = n as i64;
-        let cfg = grid_stride(n.div_ceil(2), 256);
+        // 8 values per thread and step.
+        let cfg = grid_stride(n.div_ceil(8), 256);
         unsafe { self.stream.launch_builder(&self.gelu_f16).arg(&x).arg(&nn).launch(cfg) }.map_err(launched("gelu_f16"))?;
         Ok(())
     }
