@@ -13,7 +13,8 @@
 #      scripts/gpu-test.sh stage .dev/gpu/load-1          # carry: [".dev/gpu/load-1"]; every load but the last
 #      scripts/gpu-test.sh run .dev/gpu/load-N [SUITE...]  # carry: [".dev/gpu/load-N"]: stages it, joins, runs
 #    SUITE: kernels, synthetic, synthetic-nograph (decode steps launch by launch, no CUDA graphs),
-#    tiny.en, tiny.en-beam5, base, speed, gemv-speed (default: kernels synthetic,
+#    tiny.en, tiny.en-beam5, base, speed, gemv-speed, batch (batched transcription and on-GPU
+#    selection; needs tiny.en packed, LJSpeech too for all 248 clips) (default: kernels synthetic,
 #    plus the greedy suite of every model packed). The log goes to $OUT/gpu-test.log too.
 #
 # WHISPER_TRT_BUILD_DIR: where pack runs cargo (default: this checkout).
@@ -193,6 +194,7 @@ run() {
             tiny.en-beam5) bin=gpu_e2e filter=tiny_en_beam5_matches_cpu ;;
             base) bin=gpu_e2e filter=base_greedy_matches_cpu ;;
             speed) bin=gpu_e2e filter=synthetic_speed ;;
+            batch) bin=gpu_e2e filter=batch_gpu:: ;;
             gemv-speed) bin=gpu_kernels filter=gemv_speed ;;
             cli)
                 echo "=== cli" | tee -a "$log"

@@ -9,6 +9,10 @@ use whisper_trt::text::Tokenizer;
 
 const V: usize = 51864;
 
+/// Next-token probabilities after a sampled history.
+type Entry<'a> = (&'a [u32], &'a [(u32, f32)]);
+type Probs = Vec<(u32, f32)>;
+
 fn tokenizer() -> Tokenizer {
     let path = common::models().join("src/tiny.en/tokenizer.json");
     assert!(path.is_file(), "{} is missing: run scripts/fetch-model.sh tiny.en", path.display());
@@ -44,7 +48,7 @@ struct Scripted {
 }
 
 impl Scripted {
-    fn new(n_seq: usize, prompt_len: usize, table: &[(&[u32], &[(u32, f32)])]) -> Self {
+    fn new(n_seq: usize, prompt_len: usize, table: &[Entry]) -> Self {
         let table = table.iter().map(|(h, p)| (h.to_vec(), p.to_vec())).collect();
         Scripted { prompt_len, table, histories: vec![vec![]; n_seq] }
     }
@@ -102,7 +106,7 @@ fn greedy_follows_argmax_and_suppresses_blank_at_start() {
     // At the start, end of text and " " are likeliest but SuppressBlank masks them; a suppressed
     // symbol ('"' is a non-speech token) is masked at every step.
     let quote = tok.encode("\"").unwrap()[0];
-    let table: &[(&[u32], &[(u32, f32)])] = &[
+    let table: &[Entry] = &[
         (&[], &[(eot, 0.5), (space, 0.3), (A, 0.15), (B, 0.05)]),
         (&[A], &[(quote, 0.7), (C, 0.2), (eot, 0.1)]),
         (&[A, C], &[(eot, 0.9), (D, 0.1)]),
@@ -131,7 +135,7 @@ fn beam_search_keeps_the_best_by_length_normalised_logprob() {
     // B,D (-0.92 + ln .9 = -1.02) and A,C (-0.51 + ln .3 = -1.71) live on.
     // Step 2: B,D,eot (-1.02) finishes, which makes the 2 candidates patience 1 asks for.
     // Ranking over length: [A] -1.20/1, [B,D] -1.02/2 = -0.51, so [B, D] wins.
-    let table: &[(&[u32], &[(u32, f32)])] = &[
+    let table: &[Entry] = &[
         (&[], &[(A, 0.6), (B, 0.399), (C, 0.001)]),
         (&[A], &[(eot, 0.5), (C, 0.3), (D, 0.2)]),
         (&[B], &[(D, 0.9), (eot, 0.09), (C, 0.01)]),
@@ -156,11 +160,11 @@ fn greedy_stops_at_sample_len() {
     let cfg = config(&tok);
     let opts = DecodeOptions { sample_len: Some(5), ..DecodeOptions::default() };
     let decoder = Decoder::new(&cfg, &tok, &opts).unwrap();
-    let mut table: Vec<(Vec<u32>, Vec<(u32, f32)>)> = vec![];
+    let mut table: Vec<(Vec<u32>, Probs)> = Vec::new();
     for n in 0..6 {
         table.push((vec![A; n], vec![(A, 0.9), (tok.special.eot, 0.1)]));
     }
-    let refs: Vec<(&[u32], &[(u32, f32)])> = table.iter().map(|(h, p)| (h.as_slice(), p.as_slice())).collect();
+    let refs: Vec<Entry> = table.iter().map(|(h, p)| (h.as_slice(), p.as_slice())).collect();
     let mut lm = Scripted::new(1, 2, &refs);
     assert_eq!(decoder.run(&mut lm).unwrap().tokens, vec![A; 5]);
 }

@@ -412,3 +412,229 @@ fn synthetic_speed() {
     gpu.set_gemv(false).unwrap();
     gpu.set_split_attention(true).unwrap();
 }
+
+/// Batched transcription on the GPU (tests/batch.rs checks the same against the reference loop
+/// on the CPU): several utterances in one decoder session, finished windows retired, and the
+/// decoding rules' masks and greedy/beam selection on the GPU.
+mod batch_gpu {
+    use super::*;
+    use whisper_trt::audio;
+    use whisper_trt::decoding::Select;
+    use whisper_trt::transcribe::Audio;
+
+    fn first_window(path: &Path) -> Vec<f32> {
+        let samples = audio::load_audio(path).unwrap_or_else(|e| panic!("{e:#}"));
+        audio::transcribe_windows(&samples, 80).unwrap().swap_remove(0).mel.data
+    }
+
+    fn librispeech(id: &str) -> PathBuf {
+        let clean = common::reference_audio("test-clean", id);
+        if clean.is_file() {
+            clean
+        } else {
+            common::reference_audio("test-other", id)
+        }
+    }
+
+    /// A session over three utterances (two sequences each) on both backends, with reorders
+    /// within each utterance's pair and two windows retired on the way: the GPU's logits follow
+    /// the CPU's, so each sequence keeps attending to its own utterance through the cross K/V
+    /// table and keeps its own cache.
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-test.sh"]
+    fn multi_utterance_session_matches_cpu() {
+        let (config, weights) = synthetic::synthetic("tiny", 7).unwrap();
+        let opts = BuildOptions { max_batch: 4, ..options() };
+        let gpu = CudaModel::from_weights(config.clone(), &weights, opts).unwrap_or_else(|e| panic!("{e:#}"));
+        let cpu = CpuModel::new(config.clone(), weights).unwrap();
+        let jfk = common::shared().join("data/whisper/jfk.flac");
+        let mels = [reference_mel(), first_window(&jfk), first_window(&librispeech("1089-134691-0000"))];
+        let refs: Vec<&[f32]> = mels.iter().map(|m| m.as_slice()).collect();
+        let cf: Vec<_> = mels.iter().map(|m| cpu.encode(m).unwrap()).collect();
+        let gf = gpu.encode_batch(&refs).unwrap_or_else(|e| panic!("{e:#}"));
+        let per = 2;
+        let mut c = cpu.session_many(&cf.iter().collect::<Vec<_>>(), per).unwrap();
+        let mut g = gpu.session_many(&gf.iter().collect::<Vec<_>>(), per).unwrap_or_else(|e| panic!("{e:#}"));
+        let st = &config.special_tokens;
+        let prompt = vec![st.sot, st.languages[0].1, st.transcribe, st.no_timestamps];
+        let v = config.n_vocab;
+        let mut feed: Vec<Vec<u32>> = vec![prompt; 3 * per];
+        let mut worst = 0f64;
+        for step in 0..10 {
+            let refs: Vec<&[u32]> = feed.iter().map(|f| f.as_slice()).collect();
+            let a = c.forward(&refs).unwrap();
+            let b = g.forward(&refs).unwrap_or_else(|e| panic!("step {step}: {e:#}"));
+            let e = rel_err(&b, &a);
+            println!("multi-utterance step {step}, {} sequences: logits relative error {e:.2e}", feed.len());
+            worst = worst.max(e);
+            let t = feed[0].len();
+            feed = (0..feed.len()).map(|s| vec![argmax(&a[(s * t + t - 1) * v..(s * t + t) * v]) as u32]).collect();
+            if step % 3 == 1 {
+                // Swap the two sequences of every utterance (beam-style, within a window).
+                let source: Vec<usize> = (0..feed.len()).map(|s| s ^ 1).collect();
+                c.reorder(&source);
+                g.reorder(&source);
+                feed = source.iter().map(|&s| feed[s].clone()).collect();
+            }
+            let keep: Option<Vec<usize>> = match step {
+                3 => Some(vec![0, 1, 4, 5]), // the second utterance is done
+                6 => Some(vec![2, 3]),       // then the first
+                _ => None,
+            };
+            if let Some(keep) = keep {
+                c.retain(&keep).unwrap();
+                g.retain(&keep).unwrap_or_else(|e| panic!("{e:#}"));
+                feed = keep.iter().map(|&s| feed[s].clone()).collect();
+            }
+        }
+        assert!(worst <= 2e-2, "multi-utterance session: logits relative error {worst:.3e}");
+        assert!(g.retain(&[1, 0]).is_err(), "a non-increasing retain was accepted");
+    }
+
+    /// The selection kernel against the host's `Select::pick` on random logits with ties, masked
+    /// maxima and every k the searches use: the same tokens, log-probabilities within 2e-4 (the
+    /// host sums the vocabulary's exponentials one after another in f32, the GPU as a tree: their
+    /// logsumexp differ by up to about 5e-5 here).
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-test.sh"]
+    fn selection_kernel_matches_host() {
+        let (config, weights) = synthetic::synthetic("tiny", 3).unwrap();
+        let gpu = CudaModel::from_weights(config.clone(), &weights, BuildOptions { max_batch: 4, ..options() })
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let v = config.n_vocab;
+        let mut x = 99u64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let suppress: Vec<u32> = (0..200).map(|i| (i * 251 % v) as u32).collect();
+        let blank = vec![220u32, config.special_tokens.eot];
+        let (mut checked, mut worst) = (0, 0f32);
+        for case in 0..24 {
+            let rows = 1 + case % 7;
+            let k = [1, 2, 6, 11, 16][case % 5];
+            let first = case % 2 == 0;
+            // Coarse values: many exact ties; the largest on a suppressed token in some rows.
+            let mut logits: Vec<f32> = (0..rows * v).map(|_| (rnd() % 96) as f32 / 8.0 - 6.0).collect();
+            for r in (0..rows).step_by(2) {
+                logits[r * v + suppress[case] as usize] = 40.0;
+                logits[r * v + blank[0] as usize] = 30.0;
+            }
+            let select = Select { suppress: &suppress, blank: if first { &blank } else { &[] }, k };
+            let got = gpu.select_host_logits(&logits, &select).unwrap_or_else(|e| panic!("{e:#}"));
+            for r in 0..rows {
+                let mut l = logits[r * v..(r + 1) * v].to_vec();
+                whisper_trt::decoding::rules::mask(&mut l, select.blank);
+                whisper_trt::decoding::rules::mask(&mut l, select.suppress);
+                let want = select.pick(&l);
+                let ids = |p: &[(u32, f32)]| p.iter().map(|x| x.0).collect::<Vec<_>>();
+                assert_eq!(ids(&got[r]), ids(&want), "case {case} row {r} k {k}: GPU {:?} host {:?}", got[r], want);
+                for (a, b) in got[r].iter().zip(&want) {
+                    assert!((a.1 - b.1).abs() <= 2e-4, "case {case} row {r}: log-probability {} vs {}", a.1, b.1);
+                    worst = worst.max((a.1 - b.1).abs());
+                }
+                checked += 1;
+            }
+        }
+        println!("selection kernel: {checked} rows select the host's tokens; log-probabilities differ by at most {worst:.2e}");
+    }
+
+    /// Per file: tokens, text.
+    type Out = Vec<(Vec<u32>, String)>;
+
+    fn batched(t: &Transcriber<CudaModel>, inputs: &[Audio<'_>], batch: usize) -> (Out, f64) {
+        let start = Instant::now();
+        let mut out = vec![];
+        t.transcribe_many(inputs, batch, |i, r| {
+            assert_eq!(i, out.len());
+            let r = r.unwrap_or_else(|e| panic!("input {i}: {e:#}"));
+            out.push((r.tokens, r.text));
+            Ok(())
+        })
+        .unwrap();
+        (out, start.elapsed().as_secs_f64())
+    }
+
+    fn one_by_one(t: &Transcriber<CudaModel>, inputs: &[Audio<'_>]) -> (Out, f64) {
+        let start = Instant::now();
+        let out = inputs
+            .iter()
+            .map(|input| {
+                let r = match *input {
+                    Audio::File(p) => t.transcribe_file(p),
+                    Audio::Samples(s) => t.transcribe_samples(s),
+                };
+                let r = r.unwrap_or_else(|e| panic!("{e:#}"));
+                (r.tokens, r.text)
+            })
+            .collect();
+        (out, start.elapsed().as_secs_f64())
+    }
+
+    fn same(a: &Out, b: &Out) -> usize {
+        a.iter().zip(b).filter(|(x, y)| x.0 == y.0).count()
+    }
+
+    /// Every reference utterance (LibriSpeech, jfk, LJSpeech when packed) plus one input over
+    /// 30 s, through a built tiny.en engine (max batch 16, beam width 5): batched against one
+    /// file at a time, greedy and beam 5, and on-GPU selection against host selection. Prints
+    /// the timings.
+    #[test]
+    #[ignore = "needs a GPU: scripts/gpu-test.sh"]
+    fn tiny_en_batched_matches_one_by_one() {
+        let model = "tiny.en";
+        let dir = common::model_dir(model);
+        let rows = reference(model, "greedy");
+        let paths: Vec<PathBuf> = rows.iter().map(audio_path).collect();
+        for p in &paths {
+            assert!(p.is_file(), "{} is missing", p.display());
+        }
+        let mut long = audio::load_audio(&librispeech("2609-156975-0007")).unwrap();
+        long.extend(audio::load_audio(&librispeech("1998-15444-0000")).unwrap());
+        let mut inputs: Vec<Audio<'_>> = paths.iter().map(|p| Audio::File(p)).collect();
+        inputs.insert(inputs.len() / 2, Audio::Samples(&long));
+
+        let engine = common::temp_dir("engine").join(format!("{model}.engine"));
+        let args = BuildArgs { model: Some(dir.clone()), output: Some(engine.clone()), max_batch: 16, beam_width: 5, ..BuildArgs::defaults() };
+        builder::build(&args).unwrap_or_else(|e| panic!("{e:#}"));
+        let backend = CudaModel::load(&engine).unwrap_or_else(|e| panic!("{e:#}"));
+        let _ = std::fs::remove_file(&engine);
+        let options = DecodeOptions { language: Some("en".into()), ..DecodeOptions::default() };
+        let mut t = Transcriber::new(backend, Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap(), options);
+        let n = inputs.len();
+        let mut failures = vec![];
+        for beam_size in [None, Some(5)] {
+            t.options.beam_size = beam_size;
+            let mode = if beam_size.is_some() { "beam5" } else { "greedy" };
+            // Warm-up: plans and graphs of the common shapes.
+            let _ = batched(&t, &inputs[..16.min(n)], 16);
+            let (single, single_s) = one_by_one(&t, &inputs);
+            let (batch, batch_s) = batched(&t, &inputs, 16);
+            t.backend.set_device_select(false);
+            let (host, host_s) = batched(&t, &inputs, 16);
+            t.backend.set_device_select(true);
+            let (eq_single, eq_host) = (same(&batch, &single), same(&batch, &host));
+            println!(
+                "{model} {mode}: {n} inputs ({} audio files + one of {:.1} s): one by one {single_s:.2} s, batched (16) {batch_s:.2} s with selection on the GPU, {host_s:.2} s with host selection",
+                paths.len(),
+                long.len() as f64 / 16000.0
+            );
+            println!("{model} {mode}: batched tokens = one by one on {eq_single}/{n}, GPU selection = host selection on {eq_host}/{n}");
+            for (i, ((a, b), c)) in batch.iter().zip(&single).zip(&host).enumerate() {
+                if a.0 != b.0 || a.0 != c.0 {
+                    println!("  input {i}:\n    batched  {:?}\n    one by one {:?}\n    host selection {:?}", a.1.trim(), b.1.trim(), c.1.trim());
+                }
+            }
+            if eq_host != n {
+                failures.push(format!("{mode}: GPU selection differs from host selection on {} inputs", n - eq_host));
+            }
+            // fp16 GEMMs of other row counts may flip a near-tie; the bar of GPU vs CPU applies.
+            if (eq_single as f64) < 0.9 * n as f64 {
+                failures.push(format!("{mode}: batched equals one by one on only {eq_single}/{n}"));
+            }
+        }
+        assert!(failures.is_empty(), "{failures:?}");
+    }
+}

@@ -110,8 +110,8 @@ impl Decoder {
                 let block = &picks[wi * n..(wi + 1) * n];
                 let completed = match w.beam.as_mut() {
                     None => {
-                        for j in 0..n {
-                            greedy::update_pick(&mut w.tokens[j], block[j][0], &mut w.sum_logprobs[j], self.eot);
+                        for ((t, sum), p) in w.tokens.iter_mut().zip(w.sum_logprobs.iter_mut()).zip(block) {
+                            greedy::update_pick(t, p[0], sum, self.eot);
                         }
                         w.tokens.iter().all(|t| t.last() == Some(&self.eot))
                     }

@@ -7,6 +7,7 @@ use crate::audio::{self, Window};
 use crate::backends::Backend;
 use crate::decoding::{DecodeResult, Decoder};
 use anyhow::{anyhow, bail, Context, Result};
+use rayon::prelude::*;
 use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc;
 use std::time::Instant;
@@ -124,14 +125,22 @@ impl<B: Backend> Transcriber<B> {
         let n_mels = self.backend.config().n_mels;
         let mut book = Book { pending: HashMap::new(), results: (0..inputs.len()).map(|_| None).collect(), next: 0, on_done, stopped: false };
         std::thread::scope(|scope| {
-            // Loads inputs in order, a few ahead of the decoder.
-            let (tx, rx) = mpsc::sync_channel::<Loaded>(per_batch.clamp(2, 16));
+            // Loads inputs a chunk at a time (the chunk's files in parallel: decoding, resampling and
+            // the log-mel take longer than a small model's GPU work), handing them over in order.
+            let chunk = per_batch.clamp(2, 16);
+            let (tx, rx) = mpsc::sync_channel::<Loaded>(chunk);
             scope.spawn(move || {
-                for (input, &audio) in inputs.iter().enumerate() {
+                for (c, part) in inputs.chunks(chunk).enumerate() {
                     let start = Instant::now();
-                    let windows = load(audio, n_mels);
-                    if tx.send(Loaded { input, start, windows }).is_err() {
-                        break;
+                    let loaded: Vec<Loaded> = part
+                        .par_iter()
+                        .enumerate()
+                        .map(|(j, &audio)| Loaded { input: c * chunk + j, start, windows: load(audio, n_mels) })
+                        .collect();
+                    for l in loaded {
+                        if tx.send(l).is_err() {
+                            return;
+                        }
                     }
                 }
             });

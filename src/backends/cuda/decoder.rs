@@ -448,7 +448,7 @@ impl CudaSession<'_> {
     /// [`DecoderSession::forward_select`] with the masks and the selection on the GPU, for
     /// one-token steps; other feeds go through the host.
     fn select_on_device(&mut self, tokens: &[&[u32]], select: &Select) -> Result<Vec<Vec<(u32, f32)>>> {
-        if tokens.first().is_none_or(|t| t.len() != 1) || !super::select::fits(select) {
+        if tokens.first().is_none_or(|t| t.len() != 1) || !super::select::fits(select) || !self.model.device_select() {
             return select_on_host(self, tokens, select);
         }
         if let Some(e) = self.error.take() {

@@ -4,8 +4,8 @@ use super::context::{DeviceBuffer, Gpu};
 use super::kernels::TOPK_MAX;
 use super::CudaModel;
 use crate::decoding::Select;
-use anyhow::{anyhow, Result};
-use std::cell::RefCell;
+use anyhow::{anyhow, bail, Result};
+use std::cell::{Cell, RefCell};
 
 /// Mask bits of `topk_logprobs` (logits.cu).
 const SUPPRESS: u8 = 1;
@@ -22,6 +22,9 @@ pub struct SelectBuffers {
     uploaded: RefCell<Option<(Vec<u32>, Vec<u32>)>>,
     n_vocab: usize,
     max_rows: usize,
+    /// Selection on the GPU (the default) or on the host from copied logits:
+    /// `WHISPER_TRT_DEVICE_SELECT=0` or [`CudaModel::set_device_select`].
+    enabled: Cell<bool>,
 }
 
 impl SelectBuffers {
@@ -32,6 +35,7 @@ impl SelectBuffers {
             uploaded: RefCell::new(None),
             n_vocab,
             max_rows,
+            enabled: Cell::new(std::env::var("WHISPER_TRT_DEVICE_SELECT").map_or(true, |v| v != "0")),
         })
     }
 }
@@ -42,6 +46,26 @@ pub fn fits(select: &Select) -> bool {
 }
 
 impl CudaModel {
+    /// Decoding selects tokens on the GPU (the default) or on the host from the whole logits.
+    pub fn set_device_select(&self, on: bool) {
+        self.select.enabled.set(on);
+    }
+
+    pub fn device_select(&self) -> bool {
+        self.select.enabled.get()
+    }
+
+    /// The GPU selection over logits given from the host (`[rows][n_vocab]`, rows at most the
+    /// engine's sequences): for checking the kernel against [`Select::pick`].
+    pub fn select_host_logits(&self, logits: &[f32], select: &Select) -> Result<Vec<Vec<(u32, f32)>>> {
+        let v = self.select.n_vocab;
+        if logits.is_empty() || !logits.len().is_multiple_of(v) {
+            bail!("{} logits are not whole rows of {v}", logits.len());
+        }
+        let buf = self.gpu.upload(logits)?;
+        self.select_rows(buf.ptr(), logits.len() / v, select)
+    }
+
     /// The selection of [`crate::decoding::DecoderSession::forward_select`] over `rows` rows of
     /// f32 logits at `logits` (one row per sequence).
     pub(super) fn select_rows(&self, logits: u64, rows: usize, select: &Select) -> Result<Vec<Vec<(u32, f32)>>> {
