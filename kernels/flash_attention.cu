@@ -14,8 +14,10 @@
 // H100, 32 windows of large-v2 (T = 1500, 20 heads) per launch, standalone timing: 1.24-1.28 ms
 // (about 295 TFLOP/s) with these defaults (4 warps of 32 rows, 2 stages, 2 blocks of 220-236
 // registers per multiprocessor); 8 warps of 16 rows 1.41-1.62 ms, 4 warps of 16 rows 1.37-1.41,
-// 8 warps of 32 rows 1.32-1.40, 3 stages 1.24-1.30; the previous kernel (plain loads, V
-// transposed through registers, 16 rows per warp) 3.33 ms.
+// 8 warps of 32 rows 1.32-1.40, 3 stages 1.24-1.30, Q read from shared memory by ldmatrix at
+// every tile 1.24 (3 blocks per multiprocessor at 168 registers: 1.27), tree-shaped row max and
+// sum 1.23 (no gain); the previous kernel (plain loads, V transposed through registers, 16 rows
+// per warp) 3.33 ms.
 #include <cuda_fp16.h>
 
 #ifndef FA_WARPS
