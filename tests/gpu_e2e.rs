@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use whisper_trt::backends::cpu::CpuModel;
+use whisper_trt::backends::cuda::step::FusedMode;
 use whisper_trt::backends::cuda::CudaModel;
 use whisper_trt::backends::Backend;
 use whisper_trt::decoding::{DecodeOptions, DecoderSession};
@@ -107,6 +108,9 @@ fn synthetic_weights_match_cpu() {
         let gf = Backend::encode(&gpu, &mel).unwrap_or_else(|e| panic!("{e:#}"));
         let st = &config.special_tokens;
         let prompt = [st.sot, st.languages[0].1, st.transcribe, st.no_timestamps];
+        // The launch-by-launch step's variants (fused_step_matches_launch_by_launch_and_cpu
+        // covers the fused kernel).
+        gpu.set_fused(false).unwrap();
         for (split, gemv) in [(false, true), (true, true), (true, false)] {
             gpu.set_split_attention(split).unwrap();
             gpu.set_gemv(gemv).unwrap();
@@ -124,6 +128,7 @@ fn synthetic_weights_match_cpu() {
         }
         gpu.set_split_attention(true).unwrap();
         gpu.set_gemv(false).unwrap();
+        gpu.set_fused(whisper_trt::backends::cuda::step::fused_enabled()).unwrap();
         // A feed longer than one step's rows runs in chunks.
         let mut c = cpu.session(&cf, 5).unwrap();
         let mut g = gpu.session(&gf, 5).unwrap();
@@ -136,6 +141,95 @@ fn synthetic_weights_match_cpu() {
         drop(g);
         let max = options().max_batch * options().beam_width;
         assert!(gpu.session(&gf, max + 1).is_err(), "a session larger than the engine was accepted");
+    }
+}
+
+/// One step of a recorded feed: the tokens of every sequence, then the beam reorder (if any).
+struct FeedStep {
+    tokens: Vec<Vec<u32>>,
+    reorder: Option<Vec<usize>>,
+}
+
+/// Like [`compare_steps`], and also records the feed and the GPU's logits of every step.
+fn record_steps(cpu: &mut dyn DecoderSession, gpu: &mut dyn DecoderSession, prompt: &[u32], steps: usize) -> (f64, Vec<FeedStep>, Vec<Vec<f32>>) {
+    let n_seq = cpu.n_seq();
+    let v = cpu.n_vocab();
+    let (mut worst, mut feed, mut logits) = (0f64, Vec::new(), Vec::new());
+    let mut tokens: Vec<Vec<u32>> = vec![prompt.to_vec(); n_seq];
+    for step in 0..steps {
+        let refs: Vec<&[u32]> = tokens.iter().map(|f| f.as_slice()).collect();
+        let a = cpu.forward(&refs).unwrap();
+        let b = gpu.forward(&refs).unwrap_or_else(|e| panic!("step {step}: {e:#}"));
+        worst = worst.max(rel_err(&b, &a));
+        let t = tokens[0].len();
+        let next: Vec<Vec<u32>> = (0..n_seq).map(|s| vec![argmax(&a[(s * t + t - 1) * v..(s * t + t) * v]) as u32]).collect();
+        // Reorders that keep, swap and duplicate sequences (slot remaps and cache copies).
+        let reorder = (n_seq > 1 && step % 3 == 2).then(|| (0..n_seq).map(|s| (s + step) % n_seq / 2).collect::<Vec<_>>());
+        feed.push(FeedStep { tokens: std::mem::take(&mut tokens), reorder: reorder.clone() });
+        logits.push(b);
+        tokens = match &reorder {
+            Some(src) => {
+                cpu.reorder(src);
+                gpu.reorder(src);
+                src.iter().map(|&s| next[s].clone()).collect()
+            }
+            None => next,
+        };
+    }
+    (worst, feed, logits)
+}
+
+/// The fused one-token step (decoder_step.cu) against the launch-by-launch step and the CPU
+/// backend, on synthetic tiny and base weights: 1, 3, 5 and 8 sequences, a 4-token prompt (run
+/// launch by launch) and then one-token steps with beam reorders; 1 sequence runs 60 steps, so
+/// that self-attention over the cache splits over several blocks.
+#[test]
+#[ignore = "needs a GPU: scripts/gpu-test.sh"]
+fn fused_step_matches_launch_by_launch_and_cpu() {
+    let mel = reference_mel();
+    for size in ["tiny", "base"] {
+        let (config, weights) = synthetic::synthetic(size, 11).unwrap();
+        // 2 x 5 = 10 cache slots: room for 8 sequences.
+        let gpu = CudaModel::from_weights(config.clone(), &weights, BuildOptions { max_batch: 2, ..options() })
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        for rows in [1, 3, 5, 8] {
+            gpu.fused_step_check(rows).unwrap_or_else(|e| panic!("{size}: the fused step cannot run: {e:#}"));
+        }
+        let cpu = CpuModel::new(config.clone(), weights).unwrap();
+        let cf = cpu.encode(&mel).unwrap();
+        let gf = Backend::encode(&gpu, &mel).unwrap_or_else(|e| panic!("{e:#}"));
+        let st = &config.special_tokens;
+        let prompt = [st.sot, st.languages[0].1, st.transcribe, st.no_timestamps];
+        // The default weight streaming (cp.async), then bulk copies with L2 prefetch (sm_90; the
+        // kernel falls back to cp.async elsewhere) at 1 and 8 sequences.
+        let bulk = FusedMode::parse("1/2/3");
+        let cases = [1usize, 3, 5, 8].map(|n| (None, n)).into_iter().chain([(bulk, 1), (bulk, 8)]);
+        for (mode, n_seq) in cases {
+            let steps = if n_seq == 1 { 60 } else { 16 };
+            gpu.set_fused(true).unwrap();
+            gpu.set_fused_mode(mode).unwrap();
+            let mut c = cpu.session(&cf, n_seq).unwrap();
+            let mut g = gpu.session(&gf, n_seq).unwrap_or_else(|e| panic!("{e:#}"));
+            let (e_cpu, feed, fused) = record_steps(&mut c, &mut g, &prompt, steps);
+            drop(g);
+            gpu.set_fused(false).unwrap();
+            let mut g = gpu.session(&gf, n_seq).unwrap_or_else(|e| panic!("{e:#}"));
+            let mut worst = 0f64;
+            for (i, (f, want)) in feed.iter().zip(&fused).enumerate() {
+                let refs: Vec<&[u32]> = f.tokens.iter().map(|t| t.as_slice()).collect();
+                let got = g.forward(&refs).unwrap_or_else(|e| panic!("{size} n_seq {n_seq} step {i}: {e:#}"));
+                worst = worst.max(rel_err(want, &got));
+                if let Some(src) = &f.reorder {
+                    g.try_reorder(src).unwrap();
+                }
+            }
+            drop(g);
+            let tag = format!("{size} n_seq {n_seq} {}", mode.map_or("cp.async".to_string(), |m| format!("{m:?}")));
+            println!("{tag}: fused step logits vs launch by launch: worst relative error {worst:.2e}; vs CPU {e_cpu:.2e}");
+            assert!(worst <= 1e-2, "{tag}: fused vs launch-by-launch logits relative error {worst:.3e}");
+            assert!(e_cpu <= 2e-2, "{tag}: fused vs CPU logits relative error {e_cpu:.3e}");
+        }
+        gpu.set_fused_mode(None).unwrap();
     }
 }
 
@@ -358,13 +452,23 @@ fn synthetic_speed() {
     let f = Backend::encode(&gpu, &mel).unwrap();
     let st = &config.special_tokens;
     let prompt = [st.sot, st.languages[0].1, st.transcribe, st.no_timestamps];
-    // (CUDA graphs, split attention, GEMV kernel): the default (graphs, split, cuBLASLt) second.
-    for (graphs, split, gemv) in [(true, true, true), (true, true, false), (true, false, true), (false, true, true)] {
+    // (fused step, CUDA graphs, split attention, GEMV kernel): the default (fused, graphs) first,
+    // then the launch-by-launch step's variants, (graphs, split, cuBLASLt) its default.
+    let configs = [
+        (true, true, true, false),
+        (false, true, true, true),
+        (false, true, true, false),
+        (false, true, false, true),
+        (false, false, true, true),
+    ];
+    for (fused, graphs, split, gemv) in configs {
+        gpu.set_fused(fused).unwrap();
         gpu.set_cuda_graphs(graphs).unwrap();
         gpu.set_split_attention(split).unwrap();
         gpu.set_gemv(gemv).unwrap();
         let how = format!(
-            "{}{}{}",
+            "{}{}{}{}",
+            if fused { "fused step, " } else { "" },
             if graphs { "CUDA graph" } else { "launch by launch" },
             if split { ", split attention" } else { ", unsplit attention" },
             if gemv { ", GEMV" } else { ", cuBLASLt" }
@@ -411,6 +515,7 @@ fn synthetic_speed() {
     }
     gpu.set_gemv(false).unwrap();
     gpu.set_split_attention(true).unwrap();
+    gpu.set_fused(whisper_trt::backends::cuda::step::fused_enabled()).unwrap();
 }
 
 /// Batched transcription on the GPU (tests/batch.rs checks the same against the reference loop

@@ -6,6 +6,7 @@
 use super::context::{DeviceBuffer, Gpu};
 use super::gemm::{Epilogue, GemmShape, Out, PROMPT_TOKENS};
 use super::kernels::{gemv_fits, gemv_fuses_ln, CrossKv, GemvOut, SPLIT_KEYS, SPLIT_PART};
+use super::step::{fused_enabled, FusedMode, FusedStep, StepBuffers};
 use super::weights::Ln;
 use super::{CudaFeatures, CudaModel};
 use crate::decoding::{select_on_host, DecoderSession, Select};
@@ -86,6 +87,13 @@ pub struct DecoderState {
     cross_splits: usize,
     use_split: bool,
     use_gemv: bool,
+    /// The fused one-token step (decoder_step.cu), prepared at the first step that wants it;
+    /// `fused_tried` once that was attempted (a model or GPU it does not fit keeps the old path).
+    fused: Option<FusedStep>,
+    fused_tried: bool,
+    use_fused: bool,
+    /// How the fused step streams its weights (development; `None`: the default).
+    fused_mode: Option<FusedMode>,
     /// Page-locked host copy of the logits (a pageable copy runs at a fraction of the speed);
     /// `None` if the host refused it, then logits go straight to pageable memory.
     host_logits: Option<PinnedHostSlice<f32>>,
@@ -123,6 +131,10 @@ impl DecoderState {
             cross_splits,
             use_split: split_enabled(),
             use_gemv: gemv_enabled(),
+            fused: None,
+            fused_tried: false,
+            use_fused: fused_enabled(),
+            fused_mode: std::env::var("WHISPER_TRT_FUSED_MODE").ok().and_then(|v| FusedMode::parse(&v)),
             // SAFETY: f32 has no invalid bit patterns; the buffer is only read after a copy
             // into it completed (copy_from waits for the stream).
             host_logits: unsafe { gpu.ctx.alloc_pinned_with_flags::<f32>(max_rows * c.n_vocab, 0) }.ok(),
@@ -144,6 +156,21 @@ impl DecoderState {
     pub fn set_gemv(&mut self, on: bool) {
         self.use_gemv = on;
         self.graphs.clear();
+    }
+
+    pub fn set_fused(&mut self, on: bool) {
+        self.use_fused = on;
+        self.graphs.clear();
+    }
+
+    pub fn set_fused_mode(&mut self, mode: Option<FusedMode>) {
+        self.fused_mode = mode;
+        self.graphs.clear();
+    }
+
+    /// The fused step, once a step prepared it.
+    pub fn fused(&self) -> Option<&FusedStep> {
+        self.fused.as_ref()
     }
 }
 
@@ -226,6 +253,12 @@ impl CudaSession<'_> {
         m.gpu.copy_to(&self.st.tokens, 0, ids)?;
         m.gpu.copy_to(&self.st.len, 0, &[self.len as i32])?;
         let rows = ids.len();
+        // Prepared outside any capture (it uploads a table). A model or GPU the fused kernel
+        // does not fit (n_state > 1280, too little shared memory) keeps the launch-by-launch step.
+        if tc == 1 && self.st.use_fused && !self.st.fused_tried {
+            self.st.fused_tried = true;
+            self.st.fused = FusedStep::new(m).ok();
+        }
         if tc == 1 && self.st.use_graphs {
             let key = rows;
             if !self.st.graphs.contains_key(&key) {
@@ -292,8 +325,40 @@ impl CudaSession<'_> {
         Ok(())
     }
 
-    /// Queues one step over the tokens and position already on the device.
+    /// Queues one step over the tokens and position already on the device: the decoder blocks
+    /// (one fused kernel for one-token steps of few sequences, else launch by launch), then the
+    /// final LayerNorm and the logits.
     fn enqueue(&self, rows: usize, tc: usize) -> Result<()> {
+        let m = self.model;
+        let c = &m.config;
+        let (w, st) = (&m.dec, &self.st);
+        let n = c.n_text_state;
+        let x = st.x.ptr();
+        match st.fused.as_ref().filter(|f| tc == 1 && st.use_fused && f.fits(rows)) {
+            Some(f) => {
+                let b = StepBuffers {
+                    x,
+                    q: st.qkv.ptr(),
+                    att: st.att.ptr(),
+                    u: st.u.ptr(),
+                    k_cache: st.k_cache.ptr(),
+                    v_cache: st.v_cache.ptr(),
+                    cache_layer: st.max_seqs * st.ctx * n,
+                    tokens: st.tokens.ptr(),
+                    len: st.len.ptr(),
+                    slots: st.slots.ptr(),
+                    cross_table: st.cross_table.ptr(),
+                };
+                f.enqueue(&m.gpu, &b, rows, st.fused_mode)?;
+            }
+            None => self.blocks(rows, tc)?,
+        }
+        self.dense(rows, c.n_vocab, n, Some(&w.ln), x, w.tok_emb, None, st.logits.ptr(), Dense::Logits)
+    }
+
+    /// The embedding and decoder blocks of a step, kernel by kernel (x then holds the residual
+    /// stream after the last block).
+    fn blocks(&self, rows: usize, tc: usize) -> Result<()> {
         let m = self.model;
         let c = &m.config;
         let (k, w, st) = (&m.kernels, &m.dec, &self.st);
@@ -330,7 +395,7 @@ impl CudaSession<'_> {
             self.dense(rows, 4 * n, n, Some(&b.base.mlp_ln), x, b.base.fc1.w, Some(b.base.fc1.b), u, Dense::F16Gelu)?;
             self.dense(rows, n, 4 * n, None, u, b.base.fc2.w, Some(b.base.fc2.b), x, Dense::Residual)?;
         }
-        self.dense(rows, c.n_vocab, n, Some(&w.ln), x, w.tok_emb, None, st.logits.ptr(), Dense::Logits)
+        Ok(())
     }
 
     fn run(&mut self, tokens: &[&[u32]]) -> Result<Vec<f32>> {

@@ -18,7 +18,7 @@ pub const SPLIT_KEYS: usize = 128;
 pub const SPLIT_PART: usize = D_HEAD + 2;
 
 /// Every kernel: (file stem, kernel name).
-pub const FUNCTIONS: [(&str, &str); 17] = [
+pub const FUNCTIONS: [(&str, &str); 18] = [
     ("layernorm", "layernorm_f32_f16"),
     ("conv", "im2col_conv1"),
     ("conv", "im2col_conv2_gelu"),
@@ -36,6 +36,7 @@ pub const FUNCTIONS: [(&str, &str); 17] = [
     ("logits", "masked_argmax"),
     ("logits", "topk_logprobs"),
     ("gemv", "gemv_f16"),
+    ("decoder_step", "decoder_step"),
 ];
 
 /// Largest k of [`Kernels::topk_logprobs`] (`TOPK_MAX` in logits.cu).
@@ -99,6 +100,8 @@ pub struct Kernels {
     masked_argmax: CudaFunction,
     topk_logprobs: CudaFunction,
     gemv_f16: CudaFunction,
+    /// The fused decoder step (launched by step.rs).
+    pub(super) decoder_step: CudaFunction,
     /// GEMV blocks resident at once (4 per multiprocessor at its 128 registers per thread):
     /// the grid never exceeds one wave; warps stride over the remaining outputs.
     gemv_wave: usize,
@@ -151,6 +154,7 @@ impl Kernels {
             masked_argmax: f("logits", "masked_argmax")?,
             topk_logprobs: f("logits", "topk_logprobs")?,
             gemv_f16: f("gemv", "gemv_f16")?,
+            decoder_step: f("decoder_step", "decoder_step")?,
             gemv_wave: 4 * gpu
                 .ctx
                 .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)

@@ -22,6 +22,7 @@ pub mod encoder;
 pub mod gemm;
 pub mod kernels;
 pub mod layout;
+pub mod step;
 mod select;
 pub mod weights;
 
