@@ -63,6 +63,13 @@ pub struct CudaFeatures {
     pool: Arc<Mutex<Vec<DeviceBuffer>>>,
 }
 
+/// Where [`CudaModel::bench_encoder`] left its output (the encoder's scratch) and for how many
+/// windows; valid until the next encoder run overwrites it.
+pub struct EncoderOutput {
+    h: u64,
+    windows: usize,
+}
+
 impl CudaFeatures {
     fn ptr(&self) -> u64 {
         self.buf.as_ref().map_or(0, |b| b.ptr())
@@ -224,6 +231,28 @@ impl CudaModel {
             out.push(f);
         }
         Ok(out)
+    }
+
+    /// Benchmark helper: the encoder proper over `mels` (mel upload, conv front end, blocks,
+    /// final LayerNorm; no cross-attention K/V), queued only. Its output stays in the encoder's
+    /// scratch until the next encoder run: [`CudaModel::bench_cross_kv`] reads it.
+    pub fn bench_encoder(&self, mels: &[&[f32]]) -> Result<EncoderOutput> {
+        let buf = self.enc_buffers()?;
+        let h = self.run_encoder(&buf, mels)?;
+        Ok(EncoderOutput { h, windows: mels.len() })
+    }
+
+    /// Benchmark helper: the cross-attention K/V of every window of the last encoder run `out`
+    /// (one GEMM per window, as [`CudaModel::encode_batch`] runs them), queued only.
+    pub fn bench_cross_kv(&self, out: &EncoderOutput) -> Result<Vec<CudaFeatures>> {
+        let row = (self.config.n_audio_ctx * self.config.n_audio_state * 2) as u64;
+        let mut feats = Vec::with_capacity(out.windows);
+        for i in 0..out.windows {
+            let f = self.take_features()?;
+            self.cross_kv(out.h + i as u64 * row, f.ptr())?;
+            feats.push(f);
+        }
+        Ok(feats)
     }
 
     /// The encoder's output for one window, f32 `[n_audio_ctx][n_audio_state]` (for checks
