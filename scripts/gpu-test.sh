@@ -195,6 +195,7 @@ run() {
             base) bin=gpu_e2e filter=base_greedy_matches_cpu ;;
             speed) bin=gpu_e2e filter=synthetic_speed ;;
             batch) bin=gpu_e2e filter=batch_gpu:: ;;
+            fused) bin=gpu_e2e filter=fused_step ;;
             gemv-speed) bin=gpu_kernels filter=gemv_speed ;;
             cli)
                 echo "=== cli" | tee -a "$log"
