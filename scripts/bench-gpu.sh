@@ -52,14 +52,16 @@ compare() {
     python3 - "$@" <<'EOF'
 import json, sys
 ours, theirs = (json.load(open(p)) for p in sys.argv[1:3])
+if f"synthetic {theirs.get('size')} " not in ours.get("source", "") + " ":
+    print(f"bench-gpu.sh: warning: whisper-trt measured {ours.get('source')}, PyTorch {theirs.get('size')}: not the same model", file=sys.stderr)
 print(f"\n{ours['source']} on {ours['gpu']} ({ours['driver']}), {ours['date']}: whisper-trt vs PyTorch "
       f"{theirs.get('versions', {}).get('torch', '?')} / transformers {theirs.get('versions', {}).get('transformers', '?')} (fp16, SDPA)")
 rows = []
 def row(name, a, b, unit, higher_better=False):
     if a is None or b is None:
-        rows.append((name, "n/a" if a is None else f"{a:.3f}", "n/a" if b is None else f"{b:.3f}", "", unit)); return
+        rows.append((name, "n/a" if a is None else f"{a:.4g}", "n/a" if b is None else f"{b:.4g}", "", unit)); return
     ratio = (a / b) if higher_better else (b / a)
-    rows.append((name, f"{a:.3f}", f"{b:.3f}", f"{ratio:.2f}x", unit))
+    rows.append((name, f"{a:.4g}", f"{b:.4g}", f"{ratio:.2f}x", unit))
 oc, tc = ours["ceilings"], theirs["ceilings"]
 row("copy bandwidth (read+written)", oc["copy_gb_s"], tc["copy_gb_s"], "GB/s", True)
 row("fp16 8192^3 GEMM", oc["gemm_tflop_s"], tc["matmul_tflop_s"], "TFLOP/s", True)
@@ -89,7 +91,7 @@ EOF
 run() {
     local load=${1:?run: which folder? (.dev/gpu-bench)}
     shift
-    local sizes="large-v2 tiny" batch=1,8,32 sample=20 pytorch=1 workload=1 steps=100
+    local sizes="large-v2 tiny" batch=1,8,32 sample=20 pytorch=1 workload=1 steps=50
     while [[ $# -gt 0 ]]; do
         case $1 in
             --sizes) sizes=$2; shift 2 ;;
