@@ -76,13 +76,13 @@ impl ModelConfig {
             self.n_text_head,
             self.n_text_layer,
         ];
-        if dims.iter().any(|&d| d == 0) {
+        if dims.contains(&0) {
             bail!("a dimension is zero: {dims:?}");
         }
-        if self.n_audio_state % self.n_audio_head != 0 {
+        if !self.n_audio_state.is_multiple_of(self.n_audio_head) {
             bail!("n_audio_state {} is not a multiple of n_audio_head {}", self.n_audio_state, self.n_audio_head);
         }
-        if self.n_text_state % self.n_text_head != 0 {
+        if !self.n_text_state.is_multiple_of(self.n_text_head) {
             bail!("n_text_state {} is not a multiple of n_text_head {}", self.n_text_state, self.n_text_head);
         }
         let st = &self.special_tokens;
