@@ -7,6 +7,18 @@
 // as torch does); products accumulate in f32. d_head = 64: lane l holds dims 2l and 2l+1.
 #include <cuda_fp16.h>
 
+// Programmatic Dependent Launch (sm_90+): pdl_wait() before touching anything an earlier kernel
+// of the stream writes, pdl_launch() to let the next kernel's blocks be scheduled (they wait for
+// this grid's completion themselves). Both do nothing when the kernel was launched without the
+// programmatic attribute, and compile to nothing before sm_90.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void pdl_launch() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+#else
+__device__ __forceinline__ void pdl_wait() {}
+__device__ __forceinline__ void pdl_launch() {}
+#endif
+
 #define DH 64
 #define WARPS 4
 #define NEG_INF __int_as_float(0xff800000)
@@ -92,6 +104,8 @@ extern "C" __global__ void __launch_bounds__(128) decoder_self_attention(const _
                                                                          __half* __restrict__ out, int n, int t,
                                                                          const int* __restrict__ len_ptr, int ctx) {
     extern __shared__ float sc[];
+    pdl_wait();
+    pdl_launch();
     const int row = blockIdx.x, h = blockIdx.y;
     const int s = row / t, i = row % t;
     const int len = *len_ptr;
@@ -116,6 +130,8 @@ extern "C" __global__ void __launch_bounds__(128) cross_attention(const __half* 
                                                                   long long kv_off, int t, long long ldkv,
                                                                   int n_keys, __half* __restrict__ out, int n) {
     extern __shared__ float sc[];
+    pdl_wait();
+    pdl_launch();
     const int row = blockIdx.x, h = blockIdx.y;
     const __half* kv = cross_kv(kv_table, kv_off, t, row);
     attend_one(q + (size_t)row * ldq + h * DH, kv + h * DH, ldkv, kv + n + h * DH, ldkv, n_keys,
@@ -225,6 +241,8 @@ __device__ void attend_part(const __half* __restrict__ q, const __half* __restri
 extern "C" __global__ void __launch_bounds__(128) decoder_self_attention_split(
     const __half* __restrict__ qkv, const __half* __restrict__ k_cache, const __half* __restrict__ v_cache,
     const int* __restrict__ slots, float* __restrict__ part, int n, int t, const int* __restrict__ len_ptr, int ctx) {
+    pdl_wait();
+    pdl_launch();
     const int row = blockIdx.x, h = blockIdx.y, sp = blockIdx.z;
     const int s = row / t, i = row % t;
     const int n_keys = *len_ptr + i + 1;
@@ -239,6 +257,8 @@ extern "C" __global__ void __launch_bounds__(128) cross_attention_split(const __
                                                                         const unsigned long long* __restrict__ kv_table,
                                                                         long long kv_off, int t, long long ldkv,
                                                                         int n_keys, float* __restrict__ part, int n) {
+    pdl_wait();
+    pdl_launch();
     const int row = blockIdx.x, h = blockIdx.y, sp = blockIdx.z;
     const __half* kv = cross_kv(kv_table, kv_off, t, row);
     float* p = part + (((size_t)row * gridDim.y + h) * gridDim.z + sp) * PART;
@@ -249,6 +269,8 @@ extern "C" __global__ void __launch_bounds__(128) cross_attention_split(const __
 // out: fp16 [rows][n], head h in columns h*64..h*64+63.
 extern "C" __global__ void attention_combine(const float* __restrict__ part, int n_splits, __half* __restrict__ out,
                                              int n) {
+    pdl_wait();
+    pdl_launch();
     const int row = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
     const float* p = part + ((size_t)row * gridDim.y + h) * n_splits * PART;
     float m = NEG_INF;

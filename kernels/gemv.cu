@@ -5,6 +5,18 @@
 // L1/L2 (or shared memory when LayerNorm is fused). f32 accumulation, like cuBLASLt.
 #include <cuda_fp16.h>
 
+// Programmatic Dependent Launch (sm_90+): pdl_wait() before touching anything an earlier kernel
+// of the stream writes, pdl_launch() to let the next kernel's blocks be scheduled (they wait for
+// this grid's completion themselves). Both do nothing when the kernel was launched without the
+// programmatic attribute, and compile to nothing before sm_90.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void pdl_launch() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+#else
+__device__ __forceinline__ void pdl_wait() {}
+__device__ __forceinline__ void pdl_launch() {}
+#endif
+
 #define GEMV_MAX_M 8
 #define GEMV_WARPS 4
 // LayerNorm fusion keeps a row in registers: K <= 32 lanes x 10 float4.
@@ -46,8 +58,12 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
         }
     };
     int n = blockIdx.x * GEMV_WARPS + warp;
-    // The first weights are on their way while the block normalises its input.
+    // The first weights are on their way while the block normalises its input. They never
+    // depend on an earlier kernel, so under Programmatic Dependent Launch they are issued before
+    // the wait (while the previous kernel finishes); x, y and everything else only after it.
     load(n, lane * 8);
+    pdl_wait();
+    pdl_launch();
     const __half* x = reinterpret_cast<const __half*>(xin);
     int lx = ldx;
     if (ln_g != nullptr) {

@@ -3,6 +3,18 @@
 // where one source continues into several beams, and then only the filled positions.
 #include <cuda_fp16.h>
 
+// Programmatic Dependent Launch (sm_90+): pdl_wait() before touching anything an earlier kernel
+// of the stream writes, pdl_launch() to let the next kernel's blocks be scheduled (they wait for
+// this grid's completion themselves). Both do nothing when the kernel was launched without the
+// programmatic attribute, and compile to nothing before sm_90.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void pdl_launch() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+#else
+__device__ __forceinline__ void pdl_wait() {}
+__device__ __forceinline__ void pdl_launch() {}
+#endif
+
 // Writes the keys and values of the new tokens of one layer. qkv: fp16 [rows][3n] (key in
 // columns n..2n, value in 2n..3n); row = s * t + i goes to position len + i of slot slots[s]
 // (len read from device memory, for graph replay).
@@ -10,6 +22,8 @@
 extern "C" __global__ void kv_append(const __half* __restrict__ qkv, __half* __restrict__ k_cache,
                                      __half* __restrict__ v_cache, const int* __restrict__ slots, int rows, int n,
                                      int t, const int* __restrict__ len_ptr, int ctx) {
+    pdl_wait();
+    pdl_launch();
     const int len = *len_ptr;
     const int per_row = n / 8;
     const int total = rows * per_row;

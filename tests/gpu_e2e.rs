@@ -110,24 +110,59 @@ fn synthetic_weights_match_cpu() {
         let prompt = [st.sot, st.languages[0].1, st.transcribe, st.no_timestamps];
         // The launch-by-launch step's variants (fused_step_matches_launch_by_launch_and_cpu
         // covers the fused kernel).
+        // PDL (Programmatic Dependent Launch) runs with the GEMV kernel, in the graphs and in the
+        // prompt steps' plain launches; on a GPU below sm_90 it is the GEMV variant again.
         gpu.set_fused(false).unwrap();
-        for (split, gemv) in [(false, true), (true, true), (true, false)] {
+        println!("{size}: Programmatic Dependent Launch on this GPU: {}", gpu.pdl_supported());
+        for (split, gemv, pdl) in [(false, true, false), (true, true, false), (true, false, false), (true, true, true), (false, true, true)] {
             gpu.set_split_attention(split).unwrap();
             gpu.set_gemv(gemv).unwrap();
+            gpu.set_pdl(pdl).unwrap();
             for n_seq in [1usize, 3, 5] {
                 let mut c = cpu.session(&cf, n_seq).unwrap();
                 let mut g = gpu.session(&gf, n_seq).unwrap_or_else(|e| panic!("{e:#}"));
                 let tag = format!(
-                    "{size} n_seq {n_seq}{}{}",
+                    "{size} n_seq {n_seq}{}{}{}",
                     if split { " split attention" } else { " unsplit attention" },
-                    if gemv { " GEMV" } else { " cuBLASLt" }
+                    if gemv { " GEMV" } else { " cuBLASLt" },
+                    if pdl { " PDL" } else { "" }
                 );
-                let e = compare_steps(&mut c, &mut g, &prompt, 12, &tag);
-                assert!(e <= 2e-2, "{tag}: logits relative error {e:.3e}");
+                if !pdl {
+                    let e = compare_steps(&mut c, &mut g, &prompt, 12, &tag);
+                    assert!(e <= 2e-2, "{tag}: logits relative error {e:.3e}");
+                    continue;
+                }
+                // PDL runs the same kernels on the same data: its logits must equal those of the
+                // same feed without PDL (bit for bit where the kernels are deterministic; a
+                // kernel that read before its predecessor finished would read another token's
+                // activations and be off by far more than 1e-3).
+                let (e_cpu, feed, with_pdl) = record_steps(&mut c, &mut g, &prompt, 12);
+                drop(g);
+                gpu.set_pdl(false).unwrap();
+                let mut g = gpu.session(&gf, n_seq).unwrap_or_else(|e| panic!("{e:#}"));
+                let (mut worst, mut equal) = (0f64, 0);
+                for (i, (f, want)) in feed.iter().zip(&with_pdl).enumerate() {
+                    let refs: Vec<&[u32]> = f.tokens.iter().map(|t| t.as_slice()).collect();
+                    let got = g.forward(&refs).unwrap_or_else(|e| panic!("{tag} step {i}: {e:#}"));
+                    worst = worst.max(rel_err(want, &got));
+                    equal += (got == *want) as usize;
+                    if let Some(src) = &f.reorder {
+                        g.try_reorder(src).unwrap();
+                    }
+                }
+                drop(g);
+                gpu.set_pdl(true).unwrap();
+                println!(
+                    "{tag}: vs the same steps without PDL: worst relative error {worst:.2e}, {equal}/{} steps bit for bit; vs CPU {e_cpu:.2e}",
+                    feed.len()
+                );
+                assert!(worst <= 1e-3, "{tag}: PDL vs no PDL logits relative error {worst:.3e}");
+                assert!(e_cpu <= 2e-2, "{tag}: logits relative error {e_cpu:.3e} against the CPU");
             }
         }
         gpu.set_split_attention(true).unwrap();
         gpu.set_gemv(false).unwrap();
+        gpu.set_pdl(false).unwrap();
         gpu.set_fused(whisper_trt::backends::cuda::step::fused_enabled()).unwrap();
         // A feed longer than one step's rows runs in chunks.
         let mut c = cpu.session(&cf, 5).unwrap();

@@ -183,19 +183,32 @@ pub enum StepPath {
     Fused,
     /// Launch by launch without graphs.
     Launches,
+    /// Launch by launch in a CUDA graph with the dense layers through the GEMV kernel (the
+    /// baseline of `Pdl`).
+    Gemv,
+    /// As `Gemv`, with Programmatic Dependent Launch (sm_90+; `WHISPER_TRT_PDL`).
+    Pdl,
 }
 
 /// The median ms of a one-token decoder step of `features.len()` sequences (each attending to
 /// its own window) at about [`POSITION`] tokens in, logits left on the GPU, `steps` steps timed;
-/// `None` when `path` cannot run this batch (the fused kernel takes at most 8 rows).
+/// `None` when `path` cannot run this batch (the fused kernel takes at most 8 rows) or this GPU
+/// (PDL needs compute capability 9.0).
 pub fn decoder_step(model: &CudaModel, features: &[CudaFeatures], path: StepPath, steps: usize) -> Result<Option<f64>> {
     let gpu = model.gpu();
     let batch = features.len();
     if path == StepPath::Fused && model.fused_step_check(batch).is_err() {
         return Ok(None);
     }
+    if path == StepPath::Pdl && !model.pdl_supported() {
+        return Ok(None);
+    }
     model.set_fused(path == StepPath::Fused)?;
     model.set_cuda_graphs(path != StepPath::Launches)?;
+    if matches!(path, StepPath::Gemv | StepPath::Pdl) {
+        model.set_gemv(true)?;
+        model.set_pdl(path == StepPath::Pdl)?;
+    }
     let refs: Vec<&CudaFeatures> = features.iter().collect();
     let prefill = POSITION - 2 - STEP_POSITIONS / 2;
     let mut times = Vec::with_capacity(steps);
@@ -231,6 +244,8 @@ pub fn decoder_step(model: &CudaModel, features: &[CudaFeatures], path: StepPath
     // Back to the defaults whatever happened.
     model.set_fused(crate::backends::cuda::step::fused_enabled())?;
     model.set_cuda_graphs(true)?;
+    model.set_gemv(crate::backends::cuda::decoder::gemv_enabled())?;
+    model.set_pdl(crate::backends::cuda::decoder::pdl_enabled())?;
     result?;
     Ok(Some(median(&mut times)))
 }

@@ -11,7 +11,8 @@
 //! 3. the decoder step at each `--batch` (every sequence its own window) at 50 tokens in, logits
 //!    on the GPU, with the bytes it must move ([`counts::decoder_step_bytes`]) against the copy
 //!    ceiling; the default path (CUDA graphs), the fused step (decoder_step.cu, at most 8
-//!    sequences) and launch by launch without graphs;
+//!    sequences), launch by launch without graphs, and in graphs with the GEMV kernel alone and
+//!    with Programmatic Dependent Launch (`pdl`, sm_90+);
 //! 4. the test-clean-shaped workload ([`workload`]).
 //!
 //! It prints one table at the end and writes everything to `--json`. Development toggles:
@@ -145,7 +146,7 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
         let refs: Vec<&[f32]> = mels[..b].iter().map(|m| m.as_slice()).collect();
         let features = Backend::encode_batch(&model, &refs)?;
         let mut row = Vec::new();
-        for path in [StepPath::Graphs, StepPath::Fused, StepPath::Launches] {
+        for path in [StepPath::Graphs, StepPath::Fused, StepPath::Launches, StepPath::Gemv, StepPath::Pdl] {
             row.push(gpu::decoder_step(&model, &features, path, args.steps)?);
             if path == StepPath::Fused && row[1].is_some() {
                 if let Some(report) = model.fused_profile()? {
@@ -155,7 +156,14 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
         }
         fused_modes(&model, &features, args.steps)?;
         let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |x| format!("{x:.3}"));
-        eprintln!("bench: decoder step batch {b}: {} ms graphs, {} fused, {} launches", fmt(row[0]), fmt(row[1]), fmt(row[2]));
+        eprintln!(
+            "bench: decoder step batch {b}: {} ms graphs, {} fused, {} launches, {} GEMV, {} GEMV + PDL",
+            fmt(row[0]),
+            fmt(row[1]),
+            fmt(row[2]),
+            fmt(row[3]),
+            fmt(row[4])
+        );
         dec.push((b, row));
     }
 
@@ -209,7 +217,7 @@ struct Report<'a> {
     ceil: gpu::Ceilings,
     batches: &'a [usize],
     enc: Vec<gpu::EncoderTimes>,
-    /// Per batch: ms of the graphs, fused and launch-by-launch steps.
+    /// Per batch: ms of the graphs, fused, launch-by-launch, GEMV and GEMV + PDL steps.
     dec: Vec<(usize, Vec<Option<f64>>)>,
     wl: Option<workload::WorkloadResult>,
     enc_flops: f64,
@@ -307,6 +315,8 @@ impl Report<'_> {
         ));
         rows.push(("decoder step ms (fused)".into(), self.dec.iter().map(|(_, r)| fmt(r[1])).collect()));
         rows.push(("decoder step ms (no graphs)".into(), self.dec.iter().map(|(_, r)| fmt(r[2])).collect()));
+        rows.push(("decoder step ms (gemv)".into(), self.dec.iter().map(|(_, r)| fmt(r[3])).collect()));
+        rows.push(("decoder step ms (pdl)".into(), self.dec.iter().map(|(_, r)| fmt(r[4])).collect()));
         let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(6);
         let cols: Vec<usize> = (0..self.batches.len())
             .map(|i| rows.iter().map(|r| r.1.get(i).map_or(0, |s| s.len())).max().unwrap_or(0).max(format!("batch {}", self.batches[i]).len()))
@@ -384,6 +394,8 @@ impl Report<'_> {
                     "step_ms_graphs": r[0],
                     "step_ms_fused": r[1],
                     "step_ms_no_graphs": r[2],
+                    "step_ms_gemv": r[3],
+                    "step_ms_pdl": r[4],
                     "bytes": {"weights": bytes.weights, "self_kv": bytes.self_kv, "cross_kv": bytes.cross_kv, "total": bytes.total()},
                     "gb_s_graphs": r[0].map(|ms| bytes.total() / ms / 1e6),
                     "fraction_of_copy_graphs": r[0].map(|ms| bytes.total() / ms / 1e6 / self.ceil.copy_gb_s),

@@ -34,8 +34,20 @@ fn split_enabled() -> bool {
 /// alone it beats cuBLASLt on most decode shapes (H100, m=1, 1280x1280: 6.0 vs 12.7 us per call),
 /// but inside the captured large-v2 step it measured slower (2.81 vs 2.73 ms at batch 1, 3.30 vs
 /// 2.82 ms at 5 sequences), so cuBLASLt stays the default until that is understood.
-fn gemv_enabled() -> bool {
+pub fn gemv_enabled() -> bool {
     std::env::var("WHISPER_TRT_GEMV").is_ok_and(|v| v == "1")
+}
+
+/// Whether the launch-by-launch step uses Programmatic Dependent Launch (`WHISPER_TRT_PDL=1`;
+/// compute capability 9.0 or newer, elsewhere it changes nothing but the GEMV choice below):
+/// every kernel of kernels/*.cu after the step's first (the embedding, which reads what a host
+/// copy wrote) is launched with the programmatic attribute (cuBLASLt and gelu_f16 as before), so its blocks are scheduled while the previous
+/// kernel finishes, and the GEMV kernel loads its first weights before it waits for the
+/// previous kernel's results. It implies the GEMV kernel for dense layers of at most
+/// [`super::kernels::GEMV_MAX_M`] rows (cuBLASLt's kernels do not wait). Off by default: NOT yet
+/// measured on a GPU.
+pub fn pdl_enabled() -> bool {
+    std::env::var("WHISPER_TRT_PDL").is_ok_and(|v| v == "1")
 }
 
 /// What a dense layer of the decoder writes.
@@ -87,6 +99,8 @@ pub struct DecoderState {
     cross_splits: usize,
     use_split: bool,
     use_gemv: bool,
+    /// Programmatic Dependent Launch for the launch-by-launch step (see [`pdl_enabled`]).
+    use_pdl: bool,
     /// The fused one-token step (decoder_step.cu), prepared at the first step that wants it;
     /// `fused_tried` once that was attempted (a model or GPU it does not fit keeps the old path).
     fused: Option<FusedStep>,
@@ -131,6 +145,7 @@ impl DecoderState {
             cross_splits,
             use_split: split_enabled(),
             use_gemv: gemv_enabled(),
+            use_pdl: pdl_enabled(),
             fused: None,
             fused_tried: false,
             use_fused: fused_enabled(),
@@ -155,6 +170,13 @@ impl DecoderState {
 
     pub fn set_gemv(&mut self, on: bool) {
         self.use_gemv = on;
+        self.graphs.clear();
+    }
+
+    /// Programmatic Dependent Launch for the launch-by-launch step (see [`pdl_enabled`]); it
+    /// implies the GEMV kernel for dense layers of few rows.
+    pub fn set_pdl(&mut self, on: bool) {
+        self.use_pdl = on;
         self.graphs.clear();
     }
 
@@ -193,6 +215,21 @@ pub struct CudaSession<'a> {
 }
 
 impl CudaModel {
+    /// Programmatic Dependent Launch for the decoder's launch-by-launch step (see
+    /// [`DecoderState::set_pdl`]); the default comes from `WHISPER_TRT_PDL` (off unless "1").
+    /// On a GPU below compute capability 9.0 only the GEMV choice changes.
+    pub fn set_pdl(&self, on: bool) -> Result<()> {
+        let mut st = self.dec_state.try_borrow_mut().map_err(|_| anyhow!("a decoder session is active"))?;
+        st.set_pdl(on);
+        Ok(())
+    }
+
+    /// Whether this GPU launches with Programmatic Dependent Launch when asked (compute
+    /// capability 9.0 or newer).
+    pub fn pdl_supported(&self) -> bool {
+        self.kernels.pdl_supported()
+    }
+
     /// A session of `features.len() * per` sequences; sequence `s` attends to `features[s / per]`.
     pub(super) fn new_session<'a>(&'a self, features: &[&'a CudaFeatures], per: usize) -> Result<CudaSession<'a>> {
         let st = self
@@ -284,13 +321,13 @@ impl CudaSession<'_> {
 
     /// `y (+)= LN(x) · wᵀ (+ b)` (`ln` given: x is the f32 residual stream) or `y (+)= x · wᵀ (+ b)`
     /// (x fp16) over `rows` rows of `k` inputs and `n_out` outputs: the GEMV kernel with LayerNorm
-    /// and GELU fused when the rows are few, else the LayerNorm kernel (into `h`), cuBLASLt and the
-    /// GELU kernel.
+    /// and GELU fused when the rows are few (and GEMV or PDL is on), else the LayerNorm kernel
+    /// (into `h`), cuBLASLt and the GELU kernel.
     #[allow(clippy::too_many_arguments)]
     fn dense(&self, rows: usize, n_out: usize, k: usize, ln: Option<&Ln>, x: u64, w: u64, b: Option<u64>, y: u64, how: Dense) -> Result<()> {
         let m = self.model;
         let h = self.st.h.ptr();
-        if self.st.use_gemv && gemv_fits(rows, k) {
+        if (self.st.use_gemv || self.st.use_pdl) && gemv_fits(rows, k) {
             let out = match how {
                 Dense::F16 => GemvOut::F16,
                 Dense::F16Gelu => GemvOut::F16Gelu,
@@ -353,6 +390,7 @@ impl CudaSession<'_> {
             }
             None => self.blocks(rows, tc)?,
         }
+        let _pdl = m.kernels.pdl_scope(st.use_pdl);
         self.dense(rows, c.n_vocab, n, Some(&w.ln), x, w.tok_emb, None, st.logits.ptr(), Dense::Logits)
     }
 
@@ -365,7 +403,9 @@ impl CudaSession<'_> {
         let n = c.n_text_state;
         let len = st.len.ptr();
         let (x, qkv, att, u) = (st.x.ptr(), st.qkv.ptr(), st.att.ptr(), st.u.ptr());
+        // Launched plainly: it reads the tokens and position a host copy just wrote.
         k.embed_tokens(st.tokens.ptr(), w.tok_emb, w.pos, x, rows, n, tc, len)?;
+        let _pdl = k.pdl_scope(st.use_pdl);
         let layer_bytes = (st.max_seqs * st.ctx * n * 2) as u64;
         let kv_ld = c.n_text_layer * 2 * n;
         for (l, b) in w.blocks.iter().enumerate() {

@@ -3,9 +3,11 @@
 //! the kernels declare them.
 use super::context::Gpu;
 use anyhow::{anyhow, Result};
-use cudarc::driver::sys::CUdeviceptr;
-use cudarc::driver::{CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::sys::{self, CUdeviceptr};
+use cudarc::driver::{CudaFunction, CudaStream, DriverError, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
+use std::cell::Cell;
+use std::ffi::c_void;
 use std::sync::Arc;
 
 /// LayerNorm epsilon of openai-whisper (torch's default).
@@ -105,6 +107,75 @@ pub struct Kernels {
     /// GEMV blocks resident at once (4 per multiprocessor at its 128 registers per thread):
     /// the grid never exceeds one wave; warps stride over the remaining outputs.
     gemv_wave: usize,
+    /// Whether the GPU has Programmatic Dependent Launch (compute capability 9.0 or newer).
+    pdl_ok: bool,
+    /// Whether the launchers marked "PDL" below launch with the programmatic attribute now
+    /// (set through [`Kernels::pdl_scope`], only where `pdl_ok`).
+    pdl: Cell<bool>,
+}
+
+/// Launches `func` on `stream` with Programmatic Dependent Launch: the attribute
+/// `CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION` = 1 lets its blocks be scheduled as
+/// soon as every block of the previous kernel of the stream executed
+/// `griddepcontrol.launch_dependents` (or exited), instead of after that kernel completed. The
+/// kernel must execute `griddepcontrol.wait` (`pdl_wait()` in kernels/*.cu) in every thread
+/// before it touches anything an earlier kernel writes, and must not write anything an earlier
+/// kernel may still read before it. Inside a stream capture this becomes a programmatic edge of
+/// the CUDA graph (CUDA 12.3 or newer). Compute capability 9.0 or newer only (the caller checks).
+///
+/// # Safety
+/// `args` holds one pointer per kernel parameter, in order, each at a live value of exactly the
+/// parameter's type (as [`PushKernelArg::arg`] takes them).
+unsafe fn launch_pdl(stream: &CudaStream, func: &CudaFunction, cfg: LaunchConfig, args: &mut [*mut c_void]) -> Result<(), DriverError> {
+    stream.context().bind_to_thread()?;
+    // SAFETY: plain C data; all zero is a valid attribute (CU_LAUNCH_ATTRIBUTE_IGNORE) and value.
+    let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    let config = sys::CUlaunchConfig {
+        gridDimX: cfg.grid_dim.0,
+        gridDimY: cfg.grid_dim.1,
+        gridDimZ: cfg.grid_dim.2,
+        blockDimX: cfg.block_dim.0,
+        blockDimY: cfg.block_dim.1,
+        blockDimZ: cfg.block_dim.2,
+        sharedMemBytes: cfg.shared_mem_bytes,
+        hStream: stream.cu_stream(),
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    sys::cuLaunchKernelEx(&config, func.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()).result()
+}
+
+/// Launches kernel field `$f` (named `$name` in errors) with `$cfg` and the argument references
+/// `[$a, ...]`: with Programmatic Dependent Launch while a [`PdlScope`] turned it on, else
+/// exactly as the other launchers do (cudarc's launch builder).
+macro_rules! launch {
+    ($self:ident, $f:ident, $name:literal, $cfg:expr, [$($a:expr),* $(,)?]) => {{
+        let cfg: LaunchConfig = $cfg;
+        let r = if $self.pdl.get() {
+            let mut args = [$($a as *const _ as *mut c_void),*];
+            // SAFETY: the same references, in the same order, as the builder below takes; they
+            // live until the launch returns (the driver copies the values).
+            unsafe { launch_pdl(&$self.stream, &$self.$f, cfg, &mut args) }
+        } else {
+            unsafe { $self.stream.launch_builder(&$self.$f)$(.arg($a))*.launch(cfg) }.map(|_| ())
+        };
+        r.map_err(launched($name))
+    }};
+}
+
+/// While alive, the launchers marked "PDL" use Programmatic Dependent Launch (see
+/// [`Kernels::pdl_scope`]); dropping it restores what was set before.
+pub struct PdlScope<'a> {
+    kernels: &'a Kernels,
+    before: bool,
+}
+
+impl Drop for PdlScope<'_> {
+    fn drop(&mut self) {
+        self.kernels.pdl.set(self.before);
+    }
 }
 
 fn grid_stride(total: usize, threads: u32) -> LaunchConfig {
@@ -159,20 +230,33 @@ impl Kernels {
                 .ctx
                 .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
                 .map_or(108, |v| v.max(1) as usize),
+            pdl_ok: gpu.compute_capability.0 >= 9,
+            pdl: Cell::new(false),
         })
     }
 
-    /// `y[r] = LN(x[r])` for `rows` f32 rows of `n` (gamma, beta f32) into fp16 rows of stride `ldy`.
+    /// Whether this GPU has Programmatic Dependent Launch (compute capability 9.0 or newer).
+    pub fn pdl_supported(&self) -> bool {
+        self.pdl_ok
+    }
+
+    /// `on`: until the returned scope drops, the launchers marked "PDL" (layernorm, kv_append,
+    /// the decoder attention kernels, attention_combine, gemv: the kernels whose sources wait
+    /// with `pdl_wait()` before reading) launch with Programmatic Dependent Launch, on GPUs that
+    /// have it (elsewhere nothing changes). Only for kernels queued right after other kernels of
+    /// the stream: a kernel that reads what a host copy just wrote is launched outside a scope.
+    pub fn pdl_scope(&self, on: bool) -> PdlScope<'_> {
+        let before = self.pdl.replace(on && self.pdl_ok);
+        PdlScope { kernels: self, before }
+    }
+
+    /// PDL. `y[r] = LN(x[r])` for `rows` f32 rows of `n` (gamma, beta f32) into fp16 rows of stride `ldy`.
     #[allow(clippy::too_many_arguments)]
     pub fn layernorm(&self, x: CUdeviceptr, gamma: CUdeviceptr, beta: CUdeviceptr, y: CUdeviceptr, rows: usize, n: usize, ldy: usize) -> Result<()> {
         let (r, n, ldy, eps) = (i32_of(rows, "rows")?, i32_of(n, "n")?, i32_of(ldy, "ldy")?, LN_EPS);
         // One warp per row, 4 rows per block.
         let cfg = LaunchConfig { grid_dim: ((rows.div_ceil(4)).max(1) as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
-        unsafe {
-            self.stream.launch_builder(&self.layernorm).arg(&x).arg(&gamma).arg(&beta).arg(&y).arg(&r).arg(&n).arg(&ldy).arg(&eps).launch(cfg)
-        }
-        .map_err(launched("layernorm_f32_f16"))?;
-        Ok(())
+        launch!(self, layernorm, "layernorm_f32_f16", cfg, [&x, &gamma, &beta, &y, &r, &n, &ldy, &eps])
     }
 
     /// mel fp16 `[batch][n_mels][n_frames]` -> conv1's im2col fp16 `[batch][n_frames][3 n_mels]`.
@@ -227,7 +311,7 @@ impl Kernels {
         Ok(())
     }
 
-    /// Causal self-attention of `rows` = n_seq * t new tokens over this layer's cache; `len` (the
+    /// PDL. Causal self-attention of `rows` = n_seq * t new tokens over this layer's cache; `len` (the
     /// positions filled before these tokens) is an i32 in device memory.
     #[allow(clippy::too_many_arguments)]
     pub fn decoder_self_attention(
@@ -250,25 +334,10 @@ impl Kernels {
             block_dim: (128, 1, 1),
             shared_mem_bytes: (ctx * 4) as u32,
         };
-        unsafe {
-            self.stream
-                .launch_builder(&self.decoder_self_attention)
-                .arg(&qkv)
-                .arg(&k_cache)
-                .arg(&v_cache)
-                .arg(&slots)
-                .arg(&out)
-                .arg(&nn)
-                .arg(&tt)
-                .arg(&ll)
-                .arg(&cc)
-                .launch(cfg)
-        }
-        .map_err(launched("decoder_self_attention"))?;
-        Ok(())
+        launch!(self, decoder_self_attention, "decoder_self_attention", cfg, [&qkv, &k_cache, &v_cache, &slots, &out, &nn, &tt, &ll, &cc])
     }
 
-    /// Cross-attention of `rows` queries (row stride `ldq`) over `n_keys` rows of this layer's
+    /// PDL. Cross-attention of `rows` queries (row stride `ldq`) over `n_keys` rows of this layer's
     /// cross keys (columns 0..n) and values (n..2n), row stride `ldkv`.
     #[allow(clippy::too_many_arguments)]
     pub fn cross_attention(
@@ -290,25 +359,10 @@ impl Kernels {
             block_dim: (128, 1, 1),
             shared_mem_bytes: (n_keys * 4) as u32,
         };
-        unsafe {
-            self.stream
-                .launch_builder(&self.cross_attention)
-                .arg(&q)
-                .arg(&lq)
-                .arg(&table)
-                .arg(&off)
-                .arg(&t)
-                .arg(&lkv)
-                .arg(&nk)
-                .arg(&out)
-                .arg(&nn)
-                .launch(cfg)
-        }
-        .map_err(launched("cross_attention"))?;
-        Ok(())
+        launch!(self, cross_attention, "cross_attention", cfg, [&q, &lq, &table, &off, &t, &lkv, &nk, &out, &nn])
     }
 
-    /// [`Kernels::decoder_self_attention`] split over keys: partial results of `n_splits` blocks
+    /// PDL. [`Kernels::decoder_self_attention`] split over keys: partial results of `n_splits` blocks
     /// of [`SPLIT_KEYS`] keys per (row, head) into `part` (f32 `[rows][n_head][n_splits][SPLIT_PART]`);
     /// [`Kernels::attention_combine`] merges them. `n_splits` must cover `len + t` keys.
     #[allow(clippy::too_many_arguments)]
@@ -329,25 +383,10 @@ impl Kernels {
     ) -> Result<()> {
         let (nn, tt, cc) = (i32_of(n, "n")?, i32_of(t, "t")?, i32_of(ctx, "ctx")?);
         let cfg = LaunchConfig { grid_dim: (rows as u32, n_head as u32, n_splits as u32), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
-        unsafe {
-            self.stream
-                .launch_builder(&self.decoder_self_attention_split)
-                .arg(&qkv)
-                .arg(&k_cache)
-                .arg(&v_cache)
-                .arg(&slots)
-                .arg(&part)
-                .arg(&nn)
-                .arg(&tt)
-                .arg(&len)
-                .arg(&cc)
-                .launch(cfg)
-        }
-        .map_err(launched("decoder_self_attention_split"))?;
-        Ok(())
+        launch!(self, decoder_self_attention_split, "decoder_self_attention_split", cfg, [&qkv, &k_cache, &v_cache, &slots, &part, &nn, &tt, &len, &cc])
     }
 
-    /// [`Kernels::cross_attention`] split over keys (see [`Kernels::decoder_self_attention_split`]).
+    /// PDL. [`Kernels::cross_attention`] split over keys (see [`Kernels::decoder_self_attention_split`]).
     #[allow(clippy::too_many_arguments)]
     pub fn cross_attention_split(
         &self,
@@ -365,34 +404,17 @@ impl Kernels {
         let (table, off, t) = (kv.table, kv.offset as i64, i32_of(kv.tokens, "tokens")?);
         let splits = n_keys.div_ceil(SPLIT_KEYS) as u32;
         let cfg = LaunchConfig { grid_dim: (rows as u32, n_head as u32, splits), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
-        unsafe {
-            self.stream
-                .launch_builder(&self.cross_attention_split)
-                .arg(&q)
-                .arg(&lq)
-                .arg(&table)
-                .arg(&off)
-                .arg(&t)
-                .arg(&lkv)
-                .arg(&nk)
-                .arg(&part)
-                .arg(&nn)
-                .launch(cfg)
-        }
-        .map_err(launched("cross_attention_split"))?;
-        Ok(())
+        launch!(self, cross_attention_split, "cross_attention_split", cfg, [&q, &lq, &table, &off, &t, &lkv, &nk, &part, &nn])
     }
 
-    /// Merges `n_splits` partial results per (row, head) into fp16 `out` `[rows][n]`.
+    /// PDL. Merges `n_splits` partial results per (row, head) into fp16 `out` `[rows][n]`.
     pub fn attention_combine(&self, part: CUdeviceptr, n_splits: usize, out: CUdeviceptr, rows: usize, n: usize, n_head: usize) -> Result<()> {
         let (ns, nn) = (i32_of(n_splits, "n_splits")?, i32_of(n, "n")?);
         let cfg = LaunchConfig { grid_dim: (rows as u32, n_head as u32, 1), block_dim: (D_HEAD as u32, 1, 1), shared_mem_bytes: 0 };
-        unsafe { self.stream.launch_builder(&self.attention_combine).arg(&part).arg(&ns).arg(&out).arg(&nn).launch(cfg) }
-            .map_err(launched("attention_combine"))?;
-        Ok(())
+        launch!(self, attention_combine, "attention_combine", cfg, [&part, &ns, &out, &nn])
     }
 
-    /// Keys and values of `rows` = n_seq * t new tokens into this layer's cache slots, at
+    /// PDL. Keys and values of `rows` = n_seq * t new tokens into this layer's cache slots, at
     /// positions from `len` (an i32 in device memory).
     #[allow(clippy::too_many_arguments)]
     pub fn kv_append(
@@ -409,22 +431,7 @@ impl Kernels {
     ) -> Result<()> {
         let (r, nn, tt, ll, cc) = (i32_of(rows, "rows")?, i32_of(n, "n")?, i32_of(t, "t")?, len, i32_of(ctx, "ctx")?);
         let cfg = grid_stride(rows * n / 8, 256);
-        unsafe {
-            self.stream
-                .launch_builder(&self.kv_append)
-                .arg(&qkv)
-                .arg(&k_cache)
-                .arg(&v_cache)
-                .arg(&slots)
-                .arg(&r)
-                .arg(&nn)
-                .arg(&tt)
-                .arg(&ll)
-                .arg(&cc)
-                .launch(cfg)
-        }
-        .map_err(launched("kv_append"))?;
-        Ok(())
+        launch!(self, kv_append, "kv_append", cfg, [&qkv, &k_cache, &v_cache, &slots, &r, &nn, &tt, &ll, &cc])
     }
 
     /// Copies positions 0..len of every layer from slot `pairs[2p]` to slot `pairs[2p+1]`.
@@ -507,7 +514,7 @@ impl Kernels {
         Ok(())
     }
 
-    /// `y[r] (+)= x'[r] · wᵀ + bias` for `m` rows (at most [`GEMV_MAX_M`]): w fp16 `[n][k]`,
+    /// PDL. `y[r] (+)= x'[r] · wᵀ + bias` for `m` rows (at most [`GEMV_MAX_M`]): w fp16 `[n][k]`,
     /// bias in the output's type (or none). `ln = Some((gamma, beta))`: x is the f32 residual
     /// stream `[m][k]` and x' its LayerNorm (see [`gemv_fuses_ln`]); else x' = x, fp16 rows of
     /// stride `ldx`. y rows of stride `ldy`.
@@ -546,25 +553,6 @@ impl Kernels {
             block_dim: ((GEMV_WARPS * 32) as u32, 1, 1),
             shared_mem_bytes: if ln.is_some() { (m * k * 2) as u32 } else { 0 },
         };
-        unsafe {
-            self.stream
-                .launch_builder(&self.gemv_f16)
-                .arg(&w)
-                .arg(&x)
-                .arg(&g)
-                .arg(&b)
-                .arg(&eps)
-                .arg(&bias)
-                .arg(&y)
-                .arg(&mm)
-                .arg(&nn)
-                .arg(&kk)
-                .arg(&lx)
-                .arg(&ly)
-                .arg(&mode)
-                .launch(cfg)
-        }
-        .map_err(launched("gemv_f16"))?;
-        Ok(())
+        launch!(self, gemv_f16, "gemv_f16", cfg, [&w, &x, &g, &b, &eps, &bias, &y, &mm, &nn, &kk, &lx, &ly, &mode])
     }
 }
