@@ -76,11 +76,11 @@ pub enum GemvOut {
 /// Whether the GEMV kernel takes `m` rows of `k` inputs, and whether it can also fuse the
 /// LayerNorm of its input (rows of `k` f32 kept in registers: k % 128 == 0, k <= 1280).
 pub fn gemv_fits(m: usize, k: usize) -> bool {
-    (1..=GEMV_MAX_M).contains(&m) && k % 8 == 0
+    (1..=GEMV_MAX_M).contains(&m) && k.is_multiple_of(8)
 }
 
 pub fn gemv_fuses_ln(m: usize, k: usize) -> bool {
-    gemv_fits(m, k) && k % 128 == 0 && k <= 1280
+    gemv_fits(m, k) && k.is_multiple_of(128) && k <= 1280
 }
 
 pub struct Kernels {
@@ -533,7 +533,7 @@ impl Kernels {
         ldy: usize,
         out: GemvOut,
     ) -> Result<()> {
-        let fits = if ln.is_some() { gemv_fuses_ln(m, k) } else { gemv_fits(m, k) && ldx % 8 == 0 };
+        let fits = if ln.is_some() { gemv_fuses_ln(m, k) } else { gemv_fits(m, k) && ldx.is_multiple_of(8) };
         if !fits {
             return Err(anyhow!("internal: GEMV of {m} rows x {k} inputs (ldx {ldx}, LayerNorm {}) is out of the kernel's range", ln.is_some()));
         }
