@@ -54,8 +54,9 @@ pub enum Device {
 
 /// A transcriber on whichever backend the flags chose.
 pub enum AnyTranscriber {
-    Cpu(Transcriber<CpuModel>),
-    Cuda(Transcriber<CudaModel>),
+    // Boxed: a transcriber (tokenizer, model) is a few KB and the variants differ in size.
+    Cpu(Box<Transcriber<CpuModel>>),
+    Cuda(Box<Transcriber<CudaModel>>),
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -192,8 +193,8 @@ pub fn load_transcriber(args: &ModelArgs) -> Result<AnyTranscriber> {
         },
     };
     let t = match cuda {
-        Some(m) => AnyTranscriber::Cuda(Transcriber::new(m, tokenizer, options)),
-        None => AnyTranscriber::Cpu(Transcriber::new(CpuModel::load(&dir)?, tokenizer, options)),
+        Some(m) => AnyTranscriber::Cuda(Box::new(Transcriber::new(m, tokenizer, options))),
+        None => AnyTranscriber::Cpu(Box::new(Transcriber::new(CpuModel::load(&dir)?, tokenizer, options))),
     };
     // Checks the options against the model once, before any audio is read.
     let (config, tokenizer, options) = match &t {
@@ -234,8 +235,8 @@ pub fn progress(n: usize) -> ProgressBar {
 
 fn transcribe(args: TranscribeArgs) -> Result<i32> {
     match load_transcriber(&args.model)? {
-        AnyTranscriber::Cpu(t) => transcribe_with(&t, &args),
-        AnyTranscriber::Cuda(t) => transcribe_with(&t, &args),
+        AnyTranscriber::Cpu(t) => transcribe_with(&*t, &args),
+        AnyTranscriber::Cuda(t) => transcribe_with(&*t, &args),
     }
 }
 

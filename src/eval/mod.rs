@@ -128,8 +128,8 @@ pub fn run(args: EvalArgs) -> Result<i32> {
         };
         match load_transcriber(&args.model)? {
             AnyTranscriber::Cpu(t) => {
-                let system = system_info(&t, &model_dir, args.max_batch, None);
-                run_with(&t, system, &todo, &mut ctx, &|| None)?
+                let system = system_info(&*t, &model_dir, args.max_batch, None);
+                run_with(&*t, system, &todo, &mut ctx, &|| None)?
             }
             AnyTranscriber::Cuda(t) => {
                 let engine = args.model.engine.clone().unwrap_or_else(|| {
