@@ -230,6 +230,36 @@ fn attend(q: &[f32], keys: &[&[f32]], values: &[&[f32]]) -> Vec<f64> {
     out
 }
 
+/// CPU cross-attention of `rows` query rows (row stride `ldq`, head h at column h*64) over the
+/// keys and values of layer `layer` in `kv`: utterances of `n_keys` rows of stride `ldkv` each,
+/// query row r reading utterance `utt(r)`. `[rows][n]`, heads side by side.
+#[allow(clippy::too_many_arguments)]
+fn cross_reference(
+    q: &[f32],
+    ldq: usize,
+    kv: &[f32],
+    ldkv: usize,
+    n_keys: usize,
+    n: usize,
+    layer: usize,
+    rows: usize,
+    utt: impl Fn(usize) -> usize,
+) -> Vec<f64> {
+    let mut want = vec![0f64; rows * n];
+    for row in 0..rows {
+        let kv = &kv[utt(row) * n_keys * ldkv..];
+        for h in 0..n / 64 {
+            let k0 = layer * 2 * n + h * 64;
+            let v0 = k0 + n;
+            let keys: Vec<&[f32]> = (0..n_keys).map(|j| &kv[j * ldkv + k0..j * ldkv + k0 + 64]).collect();
+            let values: Vec<&[f32]> = (0..n_keys).map(|j| &kv[j * ldkv + v0..j * ldkv + v0 + 64]).collect();
+            let qr = &q[row * ldq + h * 64..row * ldq + h * 64 + 64];
+            want[row * n + h * 64..row * n + h * 64 + 64].copy_from_slice(&attend(qr, &keys, &values));
+        }
+    }
+    want
+}
+
 #[test]
 #[ignore = "needs a GPU: scripts/gpu-test.sh"]
 fn flash_attention_matches_cpu() {
@@ -309,18 +339,7 @@ fn decoder_attention_matches_cpu() {
     let dtable = fx.u64s(&table);
     let cross = CrossKv { table: dtable.ptr(), offset: layer * 2 * n, tokens: 1 };
     fx.k.cross_attention(dq.ptr(), ldq, cross, ldkv, n_keys, dout.ptr(), rows, n, heads).unwrap();
-    let mut want = vec![0f64; rows * n];
-    for row in 0..rows {
-        let kv = &kv[utt(row) * n_keys * ldkv..];
-        for h in 0..heads {
-            let k0 = layer * 2 * n + h * 64;
-            let v0 = k0 + n;
-            let keys: Vec<&[f32]> = (0..n_keys).map(|j| &kv[j * ldkv + k0..j * ldkv + k0 + 64]).collect();
-            let values: Vec<&[f32]> = (0..n_keys).map(|j| &kv[j * ldkv + v0..j * ldkv + v0 + 64]).collect();
-            let qr = &q[row * ldq + h * 64..row * ldq + h * 64 + 64];
-            want[row * n + h * 64..row * n + h * 64 + 64].copy_from_slice(&attend(qr, &keys, &values));
-        }
-    }
+    let want = cross_reference(&q, ldq, &kv, ldkv, n_keys, n, layer, rows, utt);
     check("cross_attention", &fx.get_f16(&dout, want.len()), &want);
 }
 
@@ -377,18 +396,7 @@ fn split_decoder_attention_matches_cpu() {
     let cross = CrossKv { table: dtable.ptr(), offset: layer * 2 * n, tokens: t };
     fx.k.cross_attention_split(dq.ptr(), ldq, cross, ldkv, n_keys, dpart.ptr(), rows, n, heads).unwrap();
     fx.k.attention_combine(dpart.ptr(), splits, dout.ptr(), rows, n, heads).unwrap();
-    let mut want = vec![0f64; rows * n];
-    for row in 0..rows {
-        let kv = &kv[utt(row / t) * n_keys * ldkv..];
-        for h in 0..heads {
-            let k0 = layer * 2 * n + h * 64;
-            let v0 = k0 + n;
-            let keys: Vec<&[f32]> = (0..n_keys).map(|j| &kv[j * ldkv + k0..j * ldkv + k0 + 64]).collect();
-            let values: Vec<&[f32]> = (0..n_keys).map(|j| &kv[j * ldkv + v0..j * ldkv + v0 + 64]).collect();
-            let qr = &q[row * ldq + h * 64..row * ldq + h * 64 + 64];
-            want[row * n + h * 64..row * n + h * 64 + 64].copy_from_slice(&attend(qr, &keys, &values));
-        }
-    }
+    let want = cross_reference(&q, ldq, &kv, ldkv, n_keys, n, layer, rows, |row| utt(row / t));
     check("cross_attention_split", &fx.get_f16(&dout, want.len()), &want);
 }
 
