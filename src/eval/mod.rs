@@ -304,7 +304,7 @@ fn run_with<B: Backend>(
     }
     let bar = progress(ctx.total);
     bar.set_position(ctx.records.len() as u64);
-    let mut running = summary::tally(ctx.records.iter()).1.edits();
+    let mut running = summary::tally(ctx.records.iter()).1.edits;
     let mut failures = 0;
     let mut last = Instant::now();
     let (normalizer, writer, records) = (ctx.normalizer, &mut ctx.writer, &mut *ctx.records);
@@ -334,11 +334,8 @@ fn run_with<B: Backend>(
             hypothesis: tr.text.trim().to_string(),
             normalized_ref,
             normalized_hyp,
-            substitutions: e.substitutions,
-            deletions: e.deletions,
-            insertions: e.insertions,
+            edits: e,
             word_edits: e.errors(),
-            ref_words: e.ref_words,
             audio_seconds: tr.duration,
             tokens: tr.tokens,
             wall_seconds,

@@ -18,12 +18,12 @@ pub struct Record {
     /// Both through openai-whisper's `EnglishTextNormalizer`; the WER compares these.
     pub normalized_ref: String,
     pub normalized_hyp: String,
-    pub substitutions: usize,
-    pub deletions: usize,
-    pub insertions: usize,
+    /// Substitutions, deletions, insertions and reference words (flattened: the JSON keys are
+    /// `substitutions`, `deletions`, `insertions`, `ref_words`).
+    #[serde(flatten)]
+    pub edits: Edits,
     /// substitutions + deletions + insertions.
     pub word_edits: usize,
-    pub ref_words: usize,
     pub audio_seconds: f64,
     /// Decoded tokens (prompt and end of text excluded).
     pub tokens: Vec<u32>,
@@ -35,15 +35,6 @@ pub struct Record {
 impl Record {
     pub fn key(&self) -> (String, String) {
         (self.subset.clone(), self.id.clone())
-    }
-
-    pub fn edits(&self) -> Edits {
-        Edits {
-            substitutions: self.substitutions,
-            deletions: self.deletions,
-            insertions: self.insertions,
-            ref_words: self.ref_words,
-        }
     }
 }
 

@@ -8,10 +8,9 @@ use std::collections::BTreeMap;
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Stats {
     pub utterances: usize,
-    pub ref_words: usize,
-    pub substitutions: usize,
-    pub deletions: usize,
-    pub insertions: usize,
+    /// Flattened: the JSON keys are `substitutions`, `deletions`, `insertions`, `ref_words`.
+    #[serde(flatten)]
+    pub edits: Edits,
     pub word_errors: usize,
     pub wer_percent: f64,
     pub audio_seconds: f64,
@@ -25,30 +24,16 @@ pub struct Stats {
 
 impl Stats {
     pub fn add(&mut self, r: &Record) {
-        let mut e = self.edits();
-        e.add(&r.edits());
+        self.edits.add(&r.edits);
         self.utterances += 1;
-        self.substitutions = e.substitutions;
-        self.deletions = e.deletions;
-        self.insertions = e.insertions;
-        self.ref_words = e.ref_words;
-        self.word_errors = e.errors();
-        self.wer_percent = round(e.wer_percent(), 4);
+        self.word_errors = self.edits.errors();
+        self.wer_percent = round(self.edits.wer_percent(), 4);
         self.audio_seconds += r.audio_seconds;
         self.audio_hours = self.audio_seconds / 3600.0;
         self.decoded_tokens += r.tokens.len();
         self.wall_seconds += r.wall_seconds;
         self.real_time_factor = ratio(self.wall_seconds, self.audio_seconds);
         self.tokens_per_second = ratio(self.decoded_tokens as f64, self.wall_seconds);
-    }
-
-    pub fn edits(&self) -> Edits {
-        Edits {
-            substitutions: self.substitutions,
-            deletions: self.deletions,
-            insertions: self.insertions,
-            ref_words: self.ref_words,
-        }
     }
 }
 
@@ -145,11 +130,11 @@ pub fn table(s: &Summary) -> String {
             "{:<12} {:>6} {:>7} {:>7.2} {:>5} {:>5} {:>5} {:>8.4} {:>8.2} {:>7.4} {:>8.1}\n",
             name,
             t.utterances,
-            t.ref_words,
+            t.edits.ref_words,
             t.wer_percent,
-            t.substitutions,
-            t.deletions,
-            t.insertions,
+            t.edits.substitutions,
+            t.edits.deletions,
+            t.edits.insertions,
             t.audio_hours,
             t.wall_seconds,
             t.real_time_factor,
