@@ -17,15 +17,6 @@ fn transcriber(model: &str, beam_size: Option<usize>, language: Option<&str>) ->
     Transcriber::new(CpuModel::load(&dir).unwrap(), Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap(), options)
 }
 
-fn librispeech(id: &str) -> PathBuf {
-    let clean = common::reference_audio("test-clean", id);
-    if clean.is_file() {
-        clean
-    } else {
-        common::reference_audio("test-other", id)
-    }
-}
-
 /// Per window: (tokens, avg_logprob, no_speech_prob), and the language.
 type Windows = (Vec<(Vec<u32>, f32, f32)>, String);
 
@@ -96,10 +87,10 @@ fn check(model: &str, beam_size: Option<usize>, language: Option<&str>, ids: &[&
     let tag = format!("{model} beam {beam_size:?}");
     let jfk = common::shared().join("data/whisper/jfk.flac");
     let mut paths: Vec<PathBuf> = vec![jfk];
-    paths.extend(ids.iter().map(|id| librispeech(id)));
+    paths.extend(ids.iter().map(|id| common::librispeech(id)));
     // Longer than 30 s: two clips back to back, given as samples.
-    let mut long = samples_of(&librispeech("2609-156975-0007"));
-    long.extend(samples_of(&librispeech("1998-15444-0000")));
+    let mut long = samples_of(&common::librispeech("2609-156975-0007"));
+    long.extend(samples_of(&common::librispeech("1998-15444-0000")));
     assert!(long.len() > audio::N_SAMPLES, "the long input should be over 30 s");
     let dir = common::temp_dir("batch");
     let garbage = dir.join("not-audio.flac");

@@ -567,15 +567,6 @@ mod batch_gpu {
         audio::transcribe_windows(&samples, 80).unwrap().swap_remove(0).mel.data
     }
 
-    fn librispeech(id: &str) -> PathBuf {
-        let clean = common::reference_audio("test-clean", id);
-        if clean.is_file() {
-            clean
-        } else {
-            common::reference_audio("test-other", id)
-        }
-    }
-
     /// A session over three utterances (two sequences each) on both backends, with reorders
     /// within each utterance's pair and two windows retired on the way: the GPU's logits follow
     /// the CPU's, so each sequence keeps attending to its own utterance through the cross K/V
@@ -588,7 +579,7 @@ mod batch_gpu {
         let gpu = CudaModel::from_weights(config.clone(), &weights, opts).unwrap_or_else(|e| panic!("{e:#}"));
         let cpu = CpuModel::new(config.clone(), weights).unwrap();
         let jfk = common::shared().join("data/whisper/jfk.flac");
-        let mels = [reference_mel(), first_window(&jfk), first_window(&librispeech("1089-134691-0000"))];
+        let mels = [reference_mel(), first_window(&jfk), first_window(&common::librispeech("1089-134691-0000"))];
         let refs: Vec<&[f32]> = mels.iter().map(|m| m.as_slice()).collect();
         let cf: Vec<_> = mels.iter().map(|m| cpu.encode(m).unwrap()).collect();
         let gf = gpu.encode_batch(&refs).unwrap_or_else(|e| panic!("{e:#}"));
@@ -731,8 +722,8 @@ mod batch_gpu {
         for p in &paths {
             assert!(p.is_file(), "{} is missing", p.display());
         }
-        let mut long = audio::load_audio(&librispeech("2609-156975-0007")).unwrap();
-        long.extend(audio::load_audio(&librispeech("1998-15444-0000")).unwrap());
+        let mut long = audio::load_audio(&common::librispeech("2609-156975-0007")).unwrap();
+        long.extend(audio::load_audio(&common::librispeech("1998-15444-0000")).unwrap());
         let mut inputs: Vec<Audio<'_>> = paths.iter().map(|p| Audio::File(p)).collect();
         inputs.insert(inputs.len() / 2, Audio::Samples(&long));
 

@@ -41,6 +41,16 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// A shared LibriSpeech utterance by id, from test-clean if it is there, else test-other.
+pub fn librispeech(id: &str) -> PathBuf {
+    let clean = reference_audio("test-clean", id);
+    if clean.is_file() {
+        clean
+    } else {
+        reference_audio("test-other", id)
+    }
+}
+
 /// The audio file of a line of `reference/<model>/*.jsonl`, by its subset and id.
 pub fn reference_audio(subset: &str, id: &str) -> PathBuf {
     let data = shared().join("data");
