@@ -31,6 +31,8 @@ set -euo pipefail
 die() { echo "eval-gpu.sh: error: $*" >&2; exit 1; }
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib/loads.sh
+source "$repo/scripts/lib/loads.sh"
 STAGE=${WHISPER_TRT_GPU_STAGE:-/tmp/whisper-trt-eval}
 LOAD_BYTES=${WHISPER_TRT_GPU_LOAD_BYTES:-$((62 * 1024 * 1024))}
 PACK_DIR=${WHISPER_TRT_GPU_PACK_DIR:-$repo/.dev/gpu-eval}
@@ -84,66 +86,12 @@ pack() {
     done
     echo "$models" >"$tree/models.txt"
 
-    # Checksums of the whole files, then split into 4 MiB parts, then first-fit decreasing into loads.
-    (cd "$tree" && find . -type f ! -name manifest.sha256 -print0 | sort -z | xargs -0 sha256sum >manifest.sha256)
-    local part=$((4 * 1024 * 1024))
-    (cd "$tree" && find . -type f -size +"$((part / 1024))"k -print0 | while IFS= read -r -d '' f; do
-        split -b "$part" -d -a 2 "$f" "$f.part-" && rm "$f"
-    done)
-    python3 - "$tree" "$PACK_DIR" "$LOAD_BYTES" <<'EOF'
-import os, shutil, sys
-tree, out, cap = sys.argv[1], sys.argv[2], int(sys.argv[3])
-files = []
-for root, _, names in os.walk(tree):
-    for n in names:
-        if n != "manifest.sha256":
-            p = os.path.join(root, n)
-            files.append((os.path.getsize(p), os.path.relpath(p, tree)))
-files.sort(reverse=True)
-loads = []
-for size, rel in files:
-    for load in loads:
-        if load[0] + size <= cap:
-            load[0] += size; load[1].append(rel); break
-    else:
-        loads.append([size, [rel]])
-for i, (size, rels) in enumerate(loads, 1):
-    for rel in rels:
-        dst = os.path.join(out, f"load-{i}", rel)
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        shutil.move(os.path.join(tree, rel), dst)
-    print(f"load-{i}: {size / 2**20:.1f} MiB, {len(rels)} files")
-# The manifest and the number of loads travel with the last one.
-last = os.path.join(out, f"load-{len(loads)}")
-shutil.move(os.path.join(tree, "manifest.sha256"), os.path.join(last, "manifest.sha256"))
-with open(os.path.join(last, "loads.txt"), "w") as f:
-    f.write(f"{len(loads)}\n")
-EOF
-    rm -rf "$tree"
-    local n rel=${PACK_DIR#"$repo"/}
-    n=$(ls -d "$PACK_DIR"/load-* | wc -l)
-    echo "Device calls, back to back (the machine keeps /tmp only while warm):"
-    for ((i = 1; i < n; i++)); do
-        echo "  run carry=[\"$rel/load-$i\"]: scripts/eval-gpu.sh stage $rel/load-$i"
-    done
-    echo "  run carry=[\"$rel/load-$n\"]: scripts/eval-gpu.sh run $rel/load-$n [--beam-size N] [--batch N]"
+    loads_split "$tree" "$PACK_DIR" "$LOAD_BYTES"
+    loads_calls "$PACK_DIR" scripts/eval-gpu.sh "[--beam-size N] [--batch N]"
 }
 
 stage() {
-    local load=${1:?stage: which load?}
-    [[ -d $load ]] || die "$load was not carried (name it in the call's carry)"
-    mkdir -p "$STAGE"
-    cp -a "$load/." "$STAGE/"
-    echo "eval-gpu.sh: staged $load into $STAGE ($(du -sh "$STAGE" | cut -f1))"
-}
-
-timed() {
-    local label=$1 t0 t1
-    shift
-    t0=$(date +%s.%N)
-    "$@" || return 1
-    t1=$(date +%s.%N)
-    python3 -c "print('$label: wall %.2f s' % ($t1 - $t0))"
+    loads_stage "${1:-}" "$STAGE"
 }
 
 run() {
@@ -166,18 +114,8 @@ run() {
 
 run_staged() {
     local beam=$1 batch=$2
+    loads_join "$STAGE"
     cd "$STAGE"
-    local want
-    want=$(head -1 loads.txt)
-    find . -name '*.part-00' | while read -r first; do
-        local f=${first%.part-00}
-        cat "$f".part-* >"$f" && rm "$f".part-*
-    done
-    sha256sum --quiet -c manifest.sha256 || die "files are missing or damaged: were all $want loads staged while the machine stayed warm?"
-    if command -v xz >/dev/null; then xz -d -f bin/whisper-trt.xz; else
-        python3 -c 'import lzma; open("bin/whisper-trt","wb").write(lzma.open("bin/whisper-trt.xz").read())' && rm bin/whisper-trt.xz
-    fi
-    chmod +x bin/whisper-trt
     export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     rm -rf site
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$STAGE/site" whl/*.whl \

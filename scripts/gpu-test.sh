@@ -26,6 +26,8 @@ set -euo pipefail
 die() { echo "gpu-test.sh: error: $*" >&2; exit 1; }
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib/loads.sh
+source "$repo/scripts/lib/loads.sh"
 STAGE=${WHISPER_TRT_GPU_STAGE:-/tmp/whisper-trt-gpu}
 # Under the 64 MiB a call carries, with room for the working tree (under 1 MiB).
 LOAD_BYTES=${WHISPER_TRT_GPU_LOAD_BYTES:-$((62 * 1024 * 1024))}
@@ -94,78 +96,20 @@ for line in sys.stdin:
     echo "$models" >"$tree/models.txt"
     [[ $ljspeech == 1 ]] && touch "$tree/ljspeech"
 
-    # Checksums of the whole files, then split, then first-fit decreasing into loads.
-    (cd "$tree" && find . -type f ! -name manifest.sha256 -print0 | sort -z | xargs -0 sha256sum >manifest.sha256)
-    local part=$((4 * 1024 * 1024))
-    (cd "$tree" && find . -type f -size +"$((part / 1024))"k -print0 | while IFS= read -r -d '' f; do
-        split -b "$part" -d -a 2 "$f" "$f.part-" && rm "$f"
-    done)
-    python3 - "$tree" "$PACK_DIR" "$LOAD_BYTES" <<'EOF'
-import os, shutil, sys
-tree, out, cap = sys.argv[1], sys.argv[2], int(sys.argv[3])
-files = []
-for root, _, names in os.walk(tree):
-    for n in names:
-        p = os.path.join(root, n)
-        files.append((os.path.getsize(p), os.path.relpath(p, tree)))
-files.sort(reverse=True)
-loads = []
-for size, rel in files:
-    for load in loads:
-        if load[0] + size <= cap:
-            load[0] += size; load[1].append(rel); break
-    else:
-        loads.append([size, [rel]])
-# The manifest and the list of loads travel with the last load.
-for i, (size, rels) in enumerate(loads, 1):
-    for rel in rels:
-        dst = os.path.join(out, f"load-{i}", rel)
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        shutil.move(os.path.join(tree, rel), dst)
-    print(f"load-{i}: {size / 2**20:.1f} MiB, {len(rels)} files")
-last = os.path.join(out, f"load-{len(loads)}")
-if "manifest.sha256" not in loads[-1][1]:
-    shutil.move(os.path.join(out, next(f"load-{i}" for i, (_, r) in enumerate(loads, 1) if "manifest.sha256" in r), "manifest.sha256"), os.path.join(last, "manifest.sha256"))
-with open(os.path.join(last, "loads.txt"), "w") as f:
-    f.write(f"{len(loads)}\n")
-EOF
-    rm -rf "$tree"
-    local n
-    n=$(ls -d "$PACK_DIR"/load-* | wc -l)
-    echo "Device calls, back to back (the machine keeps /tmp only while warm):"
-    for ((i = 1; i < n; i++)); do
-        echo "  run carry=[\"${PACK_DIR#"$repo"/}/load-$i\"]: scripts/gpu-test.sh stage ${PACK_DIR#"$repo"/}/load-$i"
-    done
-    echo "  run carry=[\"${PACK_DIR#"$repo"/}/load-$n\"]: scripts/gpu-test.sh run ${PACK_DIR#"$repo"/}/load-$n [SUITE...]"
+    loads_split "$tree" "$PACK_DIR" "$LOAD_BYTES"
+    loads_calls "$PACK_DIR" scripts/gpu-test.sh "[SUITE...]"
 }
 
 stage() {
-    local load=${1:?stage: which load?}
-    [[ -d $load ]] || die "$load was not carried (name it in the call's carry)"
-    mkdir -p "$STAGE"
-    cp -a "$load/." "$STAGE/"
-    echo "gpu-test.sh: staged $load into $STAGE ($(du -sh "$STAGE" | cut -f1))"
-}
-
-unxz_file() {
-    if command -v xz >/dev/null; then xz -d -f "$1"; else python3 -c 'import lzma,sys,os; p=sys.argv[1]; open(p[:-3],"wb").write(lzma.open(p).read()); os.remove(p)' "$1"; fi
+    loads_stage "${1:-}" "$STAGE"
 }
 
 run() {
     local load=${1:?run: which load?}
     shift
     stage "$load"
+    loads_join "$STAGE"
     cd "$STAGE"
-    local want
-    want=$(head -1 loads.txt)
-    # Join split files.
-    find . -name '*.part-00' | while read -r first; do
-        local f=${first%.part-00}
-        cat "$f".part-* >"$f" && rm "$f".part-*
-    done
-    sha256sum --quiet -c manifest.sha256 || die "files are missing or damaged: were all $want loads staged while the machine stayed warm?"
-    for x in bin/*.xz; do [[ -e $x ]] && unxz_file "$x"; done
-    chmod +x bin/* 2>/dev/null || true
 
     export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     export WHISPER_TRT_SHARED=$STAGE/shared WHISPER_TRT_MODELS=$STAGE/models WHISPER_TRT_CPU_CACHE=$STAGE/cpu-cache
@@ -220,16 +164,6 @@ run() {
         exit 1
     fi
     echo "gpu-test.sh: all passed: ${suites[*]}" | tee -a "$log"
-}
-
-# Runs a command and prints its wall time (the GPU machine may have no /usr/bin/time).
-timed() {
-    local label=$1 t0 t1
-    shift
-    t0=$(date +%s.%N)
-    "$@" || return 1
-    t1=$(date +%s.%N)
-    python3 -c "print('$label wall %.2f s' % ($t1 - $t0))" >&2
 }
 
 # The command line as a user runs it, per packed model: build the engine, transcribe jfk.flac with
