@@ -1,17 +1,7 @@
 // Token and position embedding into the decoder's f32 residual stream.
 #include <cuda_fp16.h>
 
-// Programmatic Dependent Launch (sm_90+): pdl_wait() before touching anything an earlier kernel
-// of the stream writes, pdl_launch() to let the next kernel's blocks be scheduled (they wait for
-// this grid's completion themselves). Both do nothing when the kernel was launched without the
-// programmatic attribute, and compile to nothing before sm_90.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
-__device__ __forceinline__ void pdl_launch() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
-#else
-__device__ __forceinline__ void pdl_wait() {}
-__device__ __forceinline__ void pdl_launch() {}
-#endif
+#include "common.cuh"
 
 // tokens: int [rows], row = s * t + i at position len + i; tok_emb: fp16 [n_vocab][n];
 // pos_emb: fp16 [n_ctx][n]; x: f32 [rows][n]; len: in device memory (graph replay). One block per row.

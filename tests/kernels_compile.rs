@@ -1,7 +1,7 @@
 //! Every kernel compiles through NVRTC for every compute capability CI targets, with no GPU.
 //! NVRTC comes from the pinned wheels: run scripts/ci-nvrtc.sh (scripts/test.sh does). These
 //! tests fail, never skip, when NVRTC is missing.
-use whisper_trt::engine::kernels::KERNEL_SOURCES;
+use whisper_trt::engine::kernels::{KERNEL_HEADERS, KERNEL_SOURCES};
 use whisper_trt::engine::nvrtc::{self, compile_cubin, cubin_sm, CI_ARCHS};
 
 fn need_nvrtc() {
@@ -96,5 +96,11 @@ fn kernel_sources_are_sorted_and_unique() {
     for (stem, src) in KERNEL_SOURCES {
         let on_disk = std::fs::read_to_string(dir.join(format!("{stem}.cu"))).unwrap();
         assert_eq!(*src, on_disk, "kernels/{stem}.cu");
+    }
+    // Headers too, by file name (the kernels `#include "common.cuh"`).
+    assert!(KERNEL_HEADERS.iter().any(|(name, _)| *name == "common.cuh"), "kernels/common.cuh is not embedded");
+    for (name, src) in KERNEL_HEADERS {
+        let on_disk = std::fs::read_to_string(dir.join(name)).unwrap();
+        assert_eq!(*src, on_disk, "kernels/{name}");
     }
 }

@@ -7,7 +7,7 @@
 //! known install folders are tried by absolute path (`$WHISPER_TRT_NVRTC_LIB`, the wheels
 //! `scripts/ci-nvrtc.sh` installs into `<repo>/.dev/nvrtc`, `$CUDA_HOME/lib64`,
 //! `/usr/local/cuda/lib64`): a library loaded by path answers later dlopens of its soname.
-use super::kernels::sources;
+use super::kernels::{headers, sources};
 use anyhow::{bail, Context, Result};
 use cudarc::nvrtc::sys;
 use rayon::prelude::*;
@@ -160,16 +160,28 @@ pub fn compile_cubin(name: &str, source: &str, major: u32, minor: u32) -> Result
         .with_context(ctx)?;
     let option_ptrs: Vec<*const c_char> = options.iter().map(|o| o.as_ptr()).collect();
 
+    // kernels/*.cuh, handed to NVRTC by name for `#include "NAME"`.
+    let (header_names, header_srcs): (Vec<CString>, Vec<CString>) = headers()
+        .iter()
+        .map(|(n, h)| Ok((CString::new(*n)?, CString::new(*h)?)))
+        .collect::<Result<Vec<_>, std::ffi::NulError>>()
+        .with_context(|| "kernels/*.cuh: a header name or source contains a NUL byte")?
+        .into_iter()
+        .unzip();
+    let name_ptrs: Vec<*const c_char> = header_names.iter().map(|n| n.as_ptr()).collect();
+    let header_ptrs: Vec<*const c_char> = header_srcs.iter().map(|h| h.as_ptr()).collect();
+
     let mut raw = std::ptr::null_mut();
-    // SAFETY: src and file outlive the program (dropped at the end of this function, after it).
+    // SAFETY: src, file and the header strings outlive the program (dropped at the end of this
+    // function, after it); the two header arrays have the same length.
     let r = unsafe {
         sys::nvrtcCreateProgram(
             &mut raw,
             src.as_ptr(),
             file.as_ptr(),
-            0,
-            std::ptr::null(),
-            std::ptr::null(),
+            header_ptrs.len() as i32,
+            header_ptrs.as_ptr(),
+            name_ptrs.as_ptr(),
         )
     };
     check(r, "nvrtcCreateProgram").with_context(ctx)?;
@@ -252,10 +264,12 @@ pub fn cubin_sm(cubin: &[u8]) -> Option<u32> {
     })
 }
 
-/// A hash of every kernel source and the compile options (FNV-1a, 64 bits, as 16 hex digits).
+/// A hash of every kernel source, every header and the compile options (FNV-1a, 64 bits, as 16 hex digits).
 /// An engine whose hash differs from the running binary's was built from other kernels.
 pub fn kernel_hash() -> String {
-    hash_sources(sources())
+    // Headers by file name (with .cuh), so they cannot collide with a kernel stem.
+    let all: Vec<(&str, &str)> = sources().iter().chain(headers()).copied().collect();
+    hash_sources(&all)
 }
 
 /// [`kernel_hash`] of any set of sources (exposed for tests).
