@@ -146,7 +146,15 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
         let refs: Vec<&[f32]> = mels[..b].iter().map(|m| m.as_slice()).collect();
         let features = Backend::encode_batch(&model, &refs)?;
         let mut row = Vec::new();
+        // Kernel development (profiling one path under ncu): `WHISPER_TRT_BENCH_PATHS=gemv,pdl`
+        // times only the named paths; the others print as n/a.
+        let only = std::env::var("WHISPER_TRT_BENCH_PATHS").ok();
         for path in [StepPath::Graphs, StepPath::Fused, StepPath::Launches, StepPath::Gemv, StepPath::Pdl] {
+            let name = format!("{path:?}").to_lowercase();
+            if only.as_ref().is_some_and(|o| !o.split(',').any(|p| p == name)) {
+                row.push(None);
+                continue;
+            }
             row.push(gpu::decoder_step(&model, &features, path, args.steps)?);
             if path == StepPath::Fused && row[1].is_some() {
                 if let Some(report) = model.fused_profile()? {
