@@ -143,7 +143,9 @@ impl Drop for Program {
 /// The error carries NVRTC's compile log.
 pub fn compile_cubin(name: &str, source: &str, major: u32, minor: u32) -> Result<Vec<u8>> {
     ensure_nvrtc()?;
-    let arch = format!("sm_{major}{minor}");
+    // Compute capability 9.0 compiles for sm_90a, Hopper's architecture-specific target (warpgroup
+    // MMA in flash_attention.cu): its cubins run only on 9.0 GPUs, the one the engine is built for.
+    let arch = if (major, minor) == (9, 0) { "sm_90a".to_string() } else { format!("sm_{major}{minor}") };
     let ctx = || format!("kernels/{name}.cu: NVRTC compile for {arch}");
     let src = CString::new(source).with_context(|| format!("kernels/{name}.cu: source contains a NUL byte"))?;
     let file =
