@@ -1,8 +1,9 @@
 // Dense layers of decode steps (a few rows): y[m][n] (+)= x[m][.] · w[n][.] + bias[n], the
 // weight-streaming shape that cuBLASLt serves poorly at M = 1..8. One warp per output feature
 // reads its weight row with 16-byte streaming loads, eight in flight per lane (the first ones
-// issued before the fused LayerNorm, the next column's during the reduction); x is small and stays in
-// L1/L2 (or shared memory when LayerNorm is fused). f32 accumulation, like cuBLASLt.
+// issued before the fused LayerNorm, the next column's during the reduction); x goes to shared
+// memory once per block (normalised there when LayerNorm is fused; else when it is small, see
+// xs_bytes), otherwise it stays in L1/L2. f32 accumulation, like cuBLASLt.
 #include <cuda_fp16.h>
 
 #include "common.cuh"
@@ -28,12 +29,21 @@ __device__ __forceinline__ float gemv_gelu(float x) { return 0.5f * x * (1.f + e
 // f32, gamma ln_g, beta ln_b) rounded to fp16 into shared memory: layernorm_f32_f16's numbers.
 // mode: 0 fp16 out; 1 fp16 out, then exact GELU of the rounded value (gelu_f16's numbers);
 // 2 f32 out; 3 f32 out added to y (the residual stream, in place). y row stride ldy.
-// K % 8 == 0 and 16-byte aligned rows. Launch: GEMV_WARPS * 32 threads, M*K*2 bytes of
-// dynamic shared memory when LayerNorm is fused; any grid (it strides over N).
-extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
+// K % 8 == 0 and 16-byte aligned rows; ldx % 8 == 0.
+// KV append (mode 0, QKV of a decoder layer, N = 3 nkv): when kc is not null, the outputs of
+// columns nkv..2nkv (keys) and 2nkv..3nkv (values) of row r = s * t + i also go to position
+// *len_ptr + i of cache slot slots[s] of kc / vc ([slot][ctx][nkv] fp16): kv_append's job.
+// pf, pf_bytes (16-byte multiple): the next dense layer's weights, or null: on sm_90 the blocks
+// ask the L2 cache to fetch them (cp.async.bulk.prefetch: no registers, no shared memory), so the
+// weight stream runs on across the kernel boundary and the attention kernels between.
+// Launch: GEMV_WARPS * 32 threads, xs_bytes of dynamic shared memory: M*K*2 when LayerNorm is
+// fused, M*K*2 or 0 (x read from global memory) otherwise; any grid (it strides over N).
+extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, 5)
     gemv_f16(const __half* __restrict__ w, const void* __restrict__ xin, const float* __restrict__ ln_g,
              const float* __restrict__ ln_b, float eps, const void* __restrict__ bias, void* __restrict__ y, int M,
-             int N, int K, int ldx, int ldy, int mode) {
+             int N, int K, int ldx, int ldy, int mode, int xs_bytes, __half* __restrict__ kc,
+             __half* __restrict__ vc, const int* __restrict__ slots, const int* __restrict__ len_ptr, int t, int ctx,
+             const unsigned char* __restrict__ pf, long long pf_bytes) {
     extern __shared__ __align__(16) __half xs[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int stride = gridDim.x * GEMV_WARPS;
@@ -52,8 +62,24 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
     // depend on an earlier kernel, so under Programmatic Dependent Launch they are issued before
     // the wait (while the previous kernel finishes); x, y and everything else only after it.
     load(n, lane * 8);
-    pdl_wait();
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (pf != nullptr) {
+        const long long share = (pf_bytes / gridDim.x + 15) & ~15LL;
+        const long long b1 = min(pf_bytes, share * (blockIdx.x + 1));
+        for (long long o = share * blockIdx.x + threadIdx.x * 4096LL; o < b1; o += blockDim.x * 4096LL) {
+            const unsigned size = (unsigned)min(4096LL, b1 - o);
+            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(pf + o), "r"(size) : "memory");
+        }
+    }
+#endif
+    // The bias is a weight too: read before the wait (the next column's during a reduction).
+    auto bias_of = [&](int c) -> float {
+        if (bias == nullptr || c >= N) return 0.f;
+        return mode < 2 ? __half2float(reinterpret_cast<const __half*>(bias)[c]) : reinterpret_cast<const float*>(bias)[c];
+    };
+    float bn = bias_of(n);
     pdl_launch();
+    pdl_wait();
     const __half* x = reinterpret_cast<const __half*>(xin);
     int lx = ldx;
     if (ln_g != nullptr) {
@@ -93,8 +119,21 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
         __syncthreads();
         x = xs;
         lx = K;
+    } else if (xs_bytes > 0) {
+        const int per_row = K >> 3;
+        for (int idx = threadIdx.x; idx < M * per_row; idx += blockDim.x) {
+            const int m = idx / per_row, c = (idx - m * per_row) * 8;
+            *reinterpret_cast<uint4*>(xs + (size_t)m * K + c) = *reinterpret_cast<const uint4*>(x + (size_t)m * ldx + c);
+        }
+        __syncthreads();
+        x = xs;
+        lx = K;
     }
+    const int len = kc != nullptr ? *len_ptr : 0;
+    const int nkv = N / 3;
     for (; n < N; n += stride) {
+        // Residual: lane m fetches row m's old value now, not after the reduction.
+        const float y_old = (mode == 3 && lane < M) ? reinterpret_cast<const float*>(y)[(size_t)lane * ldy + n] : 0.f;
         float acc[GEMV_MAX_M];
 #pragma unroll
         for (int m = 0; m < GEMV_MAX_M; m++) acc[m] = 0.f;
@@ -125,25 +164,33 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
         }
         // The next column's first weights load during this one's reduction.
         if (n + stride < N) load(n + stride, lane * 8);
-        float bn = 0.f;
-        if (bias != nullptr) bn = mode < 2 ? __half2float(reinterpret_cast<const __half*>(bias)[n]) : reinterpret_cast<const float*>(bias)[n];
+        const float bn_next = bias_of(n + stride);
 #pragma unroll
         for (int m = 0; m < GEMV_MAX_M; m++) {
             if (m < M) {
                 const float v = gemv_warp_sum(acc[m]) + bn;
+                const float old = __shfl_sync(0xffffffffu, y_old, m);
                 if (lane == 0) {
                     const size_t at = (size_t)m * ldy + n;
                     if (mode == 0) {
-                        reinterpret_cast<__half*>(y)[at] = __float2half_rn(v);
+                        const __half h = __float2half_rn(v);
+                        reinterpret_cast<__half*>(y)[at] = h;
+                        if (kc != nullptr && n >= nkv) {
+                            const int sq = m / t, i = m - sq * t;
+                            const size_t pos = ((size_t)slots[sq] * ctx + len + i) * nkv;
+                            if (n < 2 * nkv) kc[pos + n - nkv] = h;
+                            else vc[pos + n - 2 * nkv] = h;
+                        }
                     } else if (mode == 1) {
                         reinterpret_cast<__half*>(y)[at] = __float2half_rn(gemv_gelu(__half2float(__float2half_rn(v))));
                     } else if (mode == 2) {
                         reinterpret_cast<float*>(y)[at] = v;
                     } else {
-                        reinterpret_cast<float*>(y)[at] += v;
+                        reinterpret_cast<float*>(y)[at] = old + v;
                     }
                 }
             }
         }
+        bn = bn_next;
     }
 }

@@ -114,7 +114,8 @@ fn synthetic_weights_match_cpu() {
         // prompt steps' plain launches; on a GPU below sm_90 it is the GEMV variant again.
         gpu.set_fused(false).unwrap();
         println!("{size}: Programmatic Dependent Launch on this GPU: {}", gpu.pdl_supported());
-        for (split, gemv, pdl) in [(false, true, false), (true, true, false), (true, false, false), (true, true, true), (false, true, true)] {
+        // (true, false, true): PDL's own choice of the GEMV kernel (few rows) or cuBLASLt.
+        for (split, gemv, pdl) in [(false, true, false), (true, true, false), (true, false, false), (true, true, true), (false, true, true), (true, false, true)] {
             gpu.set_split_attention(split).unwrap();
             gpu.set_gemv(gemv).unwrap();
             gpu.set_pdl(pdl).unwrap();
@@ -127,7 +128,9 @@ fn synthetic_weights_match_cpu() {
                     if gemv { " GEMV" } else { " cuBLASLt" },
                     if pdl { " PDL" } else { "" }
                 );
-                if !pdl {
+                // PDL without forcing the GEMV kernel mixes kernels (GEMV at one row, cuBLASLt
+                // above): checked against the CPU only.
+                if !pdl || !gemv {
                     let e = compare_steps(&mut c, &mut g, &prompt, 12, &tag);
                     assert!(e <= 2e-2, "{tag}: logits relative error {e:.3e}");
                     continue;
@@ -235,8 +238,8 @@ fn fused_step_matches_launch_by_launch_and_cpu() {
         let gf = Backend::encode(&gpu, &mel).unwrap_or_else(|e| panic!("{e:#}"));
         let st = &config.special_tokens;
         let prompt = [st.sot, st.languages[0].1, st.transcribe, st.no_timestamps];
-        // The default weight streaming (cp.async), then bulk copies with L2 prefetch (sm_90; the
-        // kernel falls back to cp.async elsewhere) at 1 and 8 sequences.
+        // The default weight streaming, then mode 1 (no L2 policy or prefetches) with only 2
+        // pieces of weights in flight per block, at 1 and 8 sequences.
         let bulk = FusedMode::parse("1/2/3");
         let cases = [1usize, 3, 5, 8].map(|n| (None, n)).into_iter().chain([(bulk, 1), (bulk, 8)]);
         for (mode, n_seq) in cases {

@@ -7,7 +7,7 @@
 use half::f16;
 use whisper_trt::backends::cuda::context::{DeviceBuffer, Gpu};
 use whisper_trt::backends::cuda::gemm::{pick_tactics, Epilogue, Gemm, GemmShape, Out};
-use whisper_trt::backends::cuda::kernels::{CrossKv, GemvOut, Kernels};
+use whisper_trt::backends::cuda::kernels::{CrossKv, GemvOut, Kernels, KvAppend};
 use whisper_trt::engine::nvrtc;
 
 const TOL: f64 = 2e-3;
@@ -362,9 +362,15 @@ fn split_decoder_attention_matches_cpu() {
         let vc = r.vec16(n_slots * ctx * n, 2.0);
         let (dqkv, dk, dv, ds, dlen) = (fx.f16s(&qkv), fx.f16s(&kc), fx.f16s(&vc), fx.i32s(&slots), fx.i32s(&[len as i32]));
         let (dpart, dout) = (fx.poison(rows * heads * splits * SPLIT_PART * 4), fx.poison(rows * n * 2));
-        fx.k.decoder_self_attention_split(dqkv.ptr(), dk.ptr(), dv.ptr(), ds.ptr(), dpart.ptr(), rows, n, heads, t, dlen.ptr(), ctx, splits)
+        fx.k.decoder_self_attention_split(dqkv.ptr(), dk.ptr(), dv.ptr(), ds.ptr(), dpart.ptr(), rows, n, heads, t, dlen.ptr(), ctx, splits, None)
             .unwrap();
         fx.k.attention_combine(dpart.ptr(), splits, dout.ptr(), rows, n, heads).unwrap();
+        // The same merged by the last block of every (row, head), twice (the counters reset).
+        let (dcnt, dout2) = (fx.i32s(&vec![0; rows * heads]), fx.poison(rows * n * 2));
+        for _ in 0..2 {
+            fx.k.decoder_self_attention_split(dqkv.ptr(), dk.ptr(), dv.ptr(), ds.ptr(), dpart.ptr(), rows, n, heads, t, dlen.ptr(), ctx, splits, Some((dcnt.ptr(), dout2.ptr())))
+                .unwrap();
+        }
         let mut want = vec![0f64; rows * n];
         for (s, &slot) in slots.iter().enumerate() {
             for i in 0..t {
@@ -379,6 +385,7 @@ fn split_decoder_attention_matches_cpu() {
             }
         }
         check(&format!("decoder_self_attention_split len {len}"), &fx.get_f16(&dout, want.len()), &want);
+        check(&format!("decoder_self_attention_split len {len} merged by the last block"), &fx.get_f16(&dout2, want.len()), &want);
     }
 
     // Cross-attention: 1500 keys in 12 splits, layer 1 of 2, queries of row stride 3n; two
@@ -394,10 +401,15 @@ fn split_decoder_attention_matches_cpu() {
     let table: Vec<u64> = (0..rows / t).map(|s| dkv.ptr() + (utt(s) * n_keys * ldkv * 2) as u64).collect();
     let dtable = fx.u64s(&table);
     let cross = CrossKv { table: dtable.ptr(), offset: layer * 2 * n, tokens: t };
-    fx.k.cross_attention_split(dq.ptr(), ldq, cross, ldkv, n_keys, dpart.ptr(), rows, n, heads).unwrap();
+    fx.k.cross_attention_split(dq.ptr(), ldq, cross, ldkv, n_keys, dpart.ptr(), rows, n, heads, None).unwrap();
     fx.k.attention_combine(dpart.ptr(), splits, dout.ptr(), rows, n, heads).unwrap();
+    let (dcnt, dout2) = (fx.i32s(&vec![0; rows * heads]), fx.poison(rows * n * 2));
+    for _ in 0..2 {
+        fx.k.cross_attention_split(dq.ptr(), ldq, cross, ldkv, n_keys, dpart.ptr(), rows, n, heads, Some((dcnt.ptr(), dout2.ptr()))).unwrap();
+    }
     let want = cross_reference(&q, ldq, &kv, ldkv, n_keys, n, layer, rows, |row| utt(row / t));
     check("cross_attention_split", &fx.get_f16(&dout, want.len()), &want);
+    check("cross_attention_split merged by the last block", &fx.get_f16(&dout2, want.len()), &want);
 }
 
 #[test]
@@ -432,6 +444,28 @@ fn kv_cache_and_embedding_kernels_match_cpu() {
     assert_eq!(rel_err(&got_k, &to64(&wk)), 0.0, "kv_append: keys differ");
     assert_eq!(rel_err(&got_v, &to64(&wv)), 0.0, "kv_append: values differ");
     println!("kv_append: exact");
+
+    // The GEMV kernel's append of a QKV projection's keys and values: the cache rows equal its
+    // own fp16 outputs (columns n..2n and 2n..3n) exactly; the other slots are left alone.
+    let k_in = 256;
+    let (wq, xq) = (r.vec16(3 * n * k_in, 0.1), r.vec16(rows * k_in, 1.0));
+    let (dwq, dxq, dy) = (fx.f16s(&wq), fx.f16s(&xq), fx.poison(rows * 3 * n * 2));
+    let (dk2, dv2) = (fx.f16s(&kc), fx.f16s(&vc));
+    let append = KvAppend { k_cache: dk2.ptr() + layer_bytes, v_cache: dv2.ptr() + layer_bytes, slots: ds.ptr(), len: dlen.ptr(), t, ctx };
+    fx.k.gemv_kv(dwq.ptr(), dxq.ptr(), None, None, dy.ptr(), rows, 3 * n, k_in, k_in, 3 * n, GemvOut::F16, Some(append), None).unwrap_or_else(|e| panic!("{e:#}"));
+    let y = fx.get_f16(&dy, rows * 3 * n);
+    let (mut wk2, mut wv2) = (kc.clone(), vc.clone());
+    for (s, &slot) in slots.iter().enumerate() {
+        for i in 0..t {
+            let row = s * t + i;
+            let dst = layer + (slot as usize * ctx + len + i) * n;
+            wk2[dst..dst + n].copy_from_slice(&y[row * 3 * n + n..row * 3 * n + 2 * n]);
+            wv2[dst..dst + n].copy_from_slice(&y[row * 3 * n + 2 * n..row * 3 * n + 3 * n]);
+        }
+    }
+    assert_eq!(rel_err(&fx.get_f16(&dk2, wk2.len()), &to64(&wk2)), 0.0, "gemv KV append: keys differ");
+    assert_eq!(rel_err(&fx.get_f16(&dv2, wv2.len()), &to64(&wv2)), 0.0, "gemv KV append: values differ");
+    println!("gemv KV append: exact");
 
     // Copy the filled positions (0..len+t) of slot 4 into slot 0 and of slot 1 into slot 3.
     let filled = len + t;
@@ -476,7 +510,10 @@ fn masked_argmax_matches_cpu() {
     // Plant a tie in row 1: the lower index must win, as torch.argmax.
     logits[v + 7] = 50.0;
     logits[v + 40000] = 50.0;
-    let mask: Vec<u8> = (0..v).map(|_| (r.below(10) == 0) as u8).collect();
+    let mut mask: Vec<u8> = (0..v).map(|_| (r.below(10) == 0) as u8).collect();
+    // The tie's two entries stay visible (the random mask would hide one now and then).
+    mask[7] = 0;
+    mask[40000] = 0;
     // Row 2's maximum is masked.
     let hidden = (0..v).find(|&j| mask[j] != 0).unwrap();
     logits[2 * v + hidden] = 99.0;

@@ -177,7 +177,9 @@ const STEP_POSITIONS: usize = 5;
 /// How a decoder step is run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StepPath {
-    /// Launch by launch, captured as a CUDA graph per shape (the default).
+    /// Launch by launch, captured as a CUDA graph per shape (the default: on sm_90 with
+    /// Programmatic Dependent Launch and, at one row, the GEMV kernel; `WHISPER_TRT_PDL=0` for
+    /// cuBLASLt without PDL).
     Graphs,
     /// The fused decoder-block kernel (decoder_step.cu) inside the graph, at most 8 sequences.
     Fused,

@@ -5,7 +5,7 @@
 //! source continues into several beams.
 use super::context::{DeviceBuffer, Gpu};
 use super::gemm::{Epilogue, GemmShape, Out, PROMPT_TOKENS};
-use super::kernels::{gemv_fits, gemv_fuses_ln, CrossKv, GemvOut, SPLIT_KEYS, SPLIT_PART};
+use super::kernels::{gemv_fits, gemv_fuses_ln, CrossKv, GemvOut, KvAppend, SPLIT_KEYS, SPLIT_PART};
 use super::step::{fused_enabled, FusedMode, FusedStep, StepBuffers};
 use super::weights::Ln;
 use super::{CudaFeatures, CudaModel};
@@ -29,26 +29,40 @@ fn split_enabled() -> bool {
     std::env::var("WHISPER_TRT_SPLIT_ATTENTION").map_or(true, |v| v != "0")
 }
 
-/// Whether decode steps of at most [`super::kernels::GEMV_MAX_M`] rows run their dense layers through the GEMV
-/// kernel (LayerNorm and GELU fused) instead of cuBLASLt: `WHISPER_TRT_GEMV=1`. Off by default:
-/// alone it beats cuBLASLt on most decode shapes (H100, m=1, 1280x1280: 6.0 vs 12.7 us per call),
-/// but inside the captured large-v2 step it measured slower (2.81 vs 2.73 ms at batch 1, 3.30 vs
-/// 2.82 ms at 5 sequences), so cuBLASLt stays the default until that is understood.
+/// Whether decode steps of at most [`super::kernels::GEMV_MAX_M`] rows run their dense layers
+/// through the GEMV kernel (LayerNorm and GELU fused) instead of cuBLASLt, whatever
+/// [`pdl_enabled`] decides: `WHISPER_TRT_GEMV=1`. Off by default: without Programmatic Dependent
+/// Launch the captured step measured a little faster than cuBLASLt's at batch 1 and much slower
+/// at batch 8 (H100, large-v2, same runs: 2.67-2.69 vs 2.81-2.85 ms at batch 1, 6.00 vs 3.54 ms
+/// at batch 8).
 pub fn gemv_enabled() -> bool {
     std::env::var("WHISPER_TRT_GEMV").is_ok_and(|v| v == "1")
 }
 
-/// Whether the launch-by-launch step uses Programmatic Dependent Launch (`WHISPER_TRT_PDL=1`;
-/// compute capability 9.0 or newer, elsewhere it changes nothing but the GEMV choice below):
-/// every kernel of kernels/*.cu after the step's first (the embedding, which reads what a host
-/// copy wrote) is launched with the programmatic attribute (cuBLASLt and gelu_f16 as before), so its blocks are scheduled while the previous
-/// kernel finishes, and the GEMV kernel loads its first weights before it waits for the
-/// previous kernel's results. It implies the GEMV kernel for dense layers of at most
-/// [`super::kernels::GEMV_MAX_M`] rows (cuBLASLt's kernels do not wait). Off by default: NOT yet
-/// measured on a GPU.
+/// Whether the launch-by-launch step uses Programmatic Dependent Launch (compute capability 9.0
+/// or newer; elsewhere it changes nothing): on by default, `WHISPER_TRT_PDL=0` turns it off.
+/// Every kernel of kernels/*.cu after the step's first (the embedding, which reads what a host
+/// copy wrote) is launched with the programmatic attribute (cuBLASLt and gelu_f16 as before), so
+/// its blocks are scheduled while the previous kernel finishes, and reads its weights (GEMV) or
+/// cross keys and values (cross-attention) before it waits for the previous kernel's results.
+/// Steps of at most [`pdl_gemv_rows`] rows then run their dense layers through the GEMV kernel
+/// (cuBLASLt's kernels do not wait). H100, large-v2, one run (`whisper-trt bench --batch
+/// 1,2,4,8`, ms per step): this default 2.40 / 2.81 / 3.02 / 3.53 at batch 1 / 2 / 4 / 8, against
+/// 2.85 / 2.84 / 3.02 / 3.54 for the cuBLASLt graph without PDL (`WHISPER_TRT_PDL=0`).
 pub fn pdl_enabled() -> bool {
-    std::env::var("WHISPER_TRT_PDL").is_ok_and(|v| v == "1")
+    std::env::var("WHISPER_TRT_PDL").map_or(true, |v| v != "0")
 }
+
+/// Rows up to which Programmatic Dependent Launch also selects the GEMV kernel
+/// (`WHISPER_TRT_PDL_GEMV_ROWS`, default [`PDL_GEMV_ROWS`]; at most GEMV_MAX_M).
+pub fn pdl_gemv_rows() -> usize {
+    std::env::var("WHISPER_TRT_PDL_GEMV_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(PDL_GEMV_ROWS)
+}
+
+/// See [`pdl_gemv_rows`]. H100, large-v2, one run, GEMV + PDL against cuBLASLt + PDL: 2.79 vs
+/// 2.81 ms at batch 2 (a tie), 3.52 vs 3.02 at 4, 5.71 vs 3.53 at 8; at batch 1 GEMV + PDL ran
+/// 2.40-2.43 ms against 2.85 for the cuBLASLt graph without PDL.
+const PDL_GEMV_ROWS: usize = 1;
 
 /// What a dense layer of the decoder writes.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -92,15 +106,23 @@ pub struct DecoderState {
     /// step of the same shape.
     graphs: HashMap<usize, CudaGraph>,
     use_graphs: bool,
-    /// Partial results of the split attention kernels, f32 `[max_rows][n_head][splits][66]`.
+    /// Partial results of the split attention kernels, f32 `[max_rows][n_head][splits][66]`,
+    /// and their arrival counters, u32 `[max_rows][n_head]` (zero between kernels: the last
+    /// block of a (row, head) merges the splits and resets its counter).
     part: DeviceBuffer,
-    /// Splits covering the self-attention cache and the cross-attention keys.
+    counters: DeviceBuffer,
+    /// Splits covering the self-attention cache.
     self_splits: usize,
-    cross_splits: usize,
     use_split: bool,
     use_gemv: bool,
     /// Programmatic Dependent Launch for the launch-by-launch step (see [`pdl_enabled`]).
     use_pdl: bool,
+    /// Rows up to which PDL selects the GEMV kernel (see [`pdl_gemv_rows`]).
+    pdl_gemv_rows: usize,
+    /// Whether each GEMV asks the L2 cache for the next dense layer's weights
+    /// (`WHISPER_TRT_GEMV_PREFETCH=1`; off by default: on the H100 at large-v2 batch 1 the
+    /// step measured slower with it, 2.50 vs 2.45 ms with PDL, 2.69 vs 2.60 ms without).
+    use_prefetch: bool,
     /// The fused one-token step (decoder_step.cu), prepared at the first step that wants it;
     /// `fused_tried` once that was attempted (a model or GPU it does not fit keeps the old path).
     fused: Option<FusedStep>,
@@ -141,11 +163,13 @@ impl DecoderState {
             graphs: HashMap::new(),
             use_graphs: graphs_enabled(),
             part: gpu.alloc(part)?,
+            counters: gpu.alloc(max_rows * c.n_text_head * 4)?,
             self_splits,
-            cross_splits,
             use_split: split_enabled(),
             use_gemv: gemv_enabled(),
             use_pdl: pdl_enabled(),
+            pdl_gemv_rows: pdl_gemv_rows(),
+            use_prefetch: std::env::var("WHISPER_TRT_GEMV_PREFETCH").is_ok_and(|v| v == "1"),
             fused: None,
             fused_tried: false,
             use_fused: fused_enabled(),
@@ -174,7 +198,7 @@ impl DecoderState {
     }
 
     /// Programmatic Dependent Launch for the launch-by-launch step (see [`pdl_enabled`]); it
-    /// implies the GEMV kernel for dense layers of few rows.
+    /// implies the GEMV kernel for dense layers of at most [`pdl_gemv_rows`] rows.
     pub fn set_pdl(&mut self, on: bool) {
         self.use_pdl = on;
         self.graphs.clear();
@@ -216,8 +240,8 @@ pub struct CudaSession<'a> {
 
 impl CudaModel {
     /// Programmatic Dependent Launch for the decoder's launch-by-launch step (see
-    /// [`DecoderState::set_pdl`]); the default comes from `WHISPER_TRT_PDL` (off unless "1").
-    /// On a GPU below compute capability 9.0 only the GEMV choice changes.
+    /// [`DecoderState::set_pdl`]); the default comes from `WHISPER_TRT_PDL` (on unless "0").
+    /// On a GPU below compute capability 9.0 it changes nothing.
     pub fn set_pdl(&self, on: bool) -> Result<()> {
         let mut st = self.dec_state.try_borrow_mut().map_err(|_| anyhow!("a decoder session is active"))?;
         st.set_pdl(on);
@@ -322,26 +346,45 @@ impl CudaSession<'_> {
     /// `y (+)= LN(x) · wᵀ (+ b)` (`ln` given: x is the f32 residual stream) or `y (+)= x · wᵀ (+ b)`
     /// (x fp16) over `rows` rows of `k` inputs and `n_out` outputs: the GEMV kernel with LayerNorm
     /// and GELU fused when the rows are few (and GEMV or PDL is on), else the LayerNorm kernel
-    /// (into `h`), cuBLASLt and the GELU kernel.
+    /// (into `h`), cuBLASLt and the GELU kernel. `kv`: the GEMV kernel also appends the keys and
+    /// values of this QKV projection to the cache; the answer says whether it did (else the
+    /// caller runs kv_append). `next`: the next dense layer's weights (address, bytes), which the
+    /// GEMV kernel asks the L2 cache for.
     #[allow(clippy::too_many_arguments)]
-    fn dense(&self, rows: usize, n_out: usize, k: usize, ln: Option<&Ln>, x: u64, w: u64, b: Option<u64>, y: u64, how: Dense) -> Result<()> {
+    fn dense(
+        &self,
+        rows: usize,
+        n_out: usize,
+        k: usize,
+        ln: Option<&Ln>,
+        x: u64,
+        w: u64,
+        b: Option<u64>,
+        y: u64,
+        how: Dense,
+        kv: Option<KvAppend>,
+        next: Option<(u64, usize)>,
+    ) -> Result<bool> {
         let m = self.model;
         let h = self.st.h.ptr();
-        if (self.st.use_gemv || self.st.use_pdl) && gemv_fits(rows, k) {
+        let pdl_gemv = self.st.use_pdl && m.kernels.pdl_supported() && rows <= self.st.pdl_gemv_rows;
+        if (self.st.use_gemv || pdl_gemv) && gemv_fits(rows, k) {
             let out = match how {
                 Dense::F16 => GemvOut::F16,
                 Dense::F16Gelu => GemvOut::F16Gelu,
                 Dense::Residual => GemvOut::F32Add,
                 Dense::Logits => GemvOut::F32,
             };
-            return match ln {
-                Some(l) if gemv_fuses_ln(rows, k) => m.kernels.gemv(w, x, Some((l.g, l.b)), b, y, rows, n_out, k, k, n_out, out),
+            let next = next.filter(|_| self.st.use_prefetch);
+            match ln {
+                Some(l) if gemv_fuses_ln(rows, k) => m.kernels.gemv_kv(w, x, Some((l.g, l.b)), b, y, rows, n_out, k, k, n_out, out, kv, next)?,
                 Some(l) => {
                     m.kernels.layernorm(x, l.g, l.b, h, rows, k, k)?;
-                    m.kernels.gemv(w, h, None, b, y, rows, n_out, k, k, n_out, out)
+                    m.kernels.gemv_kv(w, h, None, b, y, rows, n_out, k, k, n_out, out, kv, next)?
                 }
-                None => m.kernels.gemv(w, x, None, b, y, rows, n_out, k, k, n_out, out),
-            };
+                None => m.kernels.gemv_kv(w, x, None, b, y, rows, n_out, k, k, n_out, out, kv, next)?,
+            }
+            return Ok(kv.is_some());
         }
         let input = match ln {
             Some(l) => {
@@ -359,7 +402,7 @@ impl CudaSession<'_> {
         if how == Dense::F16Gelu {
             m.kernels.gelu_f16(y, rows * n_out)?;
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Queues one step over the tokens and position already on the device: the decoder blocks
@@ -391,7 +434,8 @@ impl CudaSession<'_> {
             None => self.blocks(rows, tc)?,
         }
         let _pdl = m.kernels.pdl_scope(st.use_pdl);
-        self.dense(rows, c.n_vocab, n, Some(&w.ln), x, w.tok_emb, None, st.logits.ptr(), Dense::Logits)
+        self.dense(rows, c.n_vocab, n, Some(&w.ln), x, w.tok_emb, None, st.logits.ptr(), Dense::Logits, None, None)?;
+        Ok(())
     }
 
     /// The embedding and decoder blocks of a step, kernel by kernel (x then holds the residual
@@ -408,32 +452,42 @@ impl CudaSession<'_> {
         let _pdl = k.pdl_scope(st.use_pdl);
         let layer_bytes = (st.max_seqs * st.ctx * n * 2) as u64;
         let kv_ld = c.n_text_layer * 2 * n;
+        let merge = Some((st.counters.ptr(), att));
+        // The dense layers' weights in the order they run (each GEMV prefetches the next one's).
+        let (nn, n4) = (n * n * 2, 4 * n * n * 2);
+        let order: Vec<(u64, usize)> = w
+            .blocks
+            .iter()
+            .flat_map(|b| [(b.base.qkv.w, 3 * nn), (b.base.out.w, nn), (b.cross_q.w, nn), (b.cross_out.w, nn), (b.base.fc1.w, n4), (b.base.fc2.w, n4)])
+            .collect();
+        let next = |l: usize, i: usize| order.get(l * 6 + i + 1).copied();
         for (l, b) in w.blocks.iter().enumerate() {
             let (kc, vc) = (st.k_cache.ptr() + l as u64 * layer_bytes, st.v_cache.ptr() + l as u64 * layer_bytes);
-            // Causal self-attention over the cache.
-            self.dense(rows, 3 * n, n, Some(&b.base.attn_ln), x, b.base.qkv.w, Some(b.base.qkv.b), qkv, Dense::F16)?;
-            k.kv_append(qkv, kc, vc, st.slots.ptr(), rows, n, tc, len, st.ctx)?;
+            // Causal self-attention over the cache (the GEMV kernel appends the new keys and
+            // values itself).
+            let append = KvAppend { k_cache: kc, v_cache: vc, slots: st.slots.ptr(), len, t: tc, ctx: st.ctx };
+            if !self.dense(rows, 3 * n, n, Some(&b.base.attn_ln), x, b.base.qkv.w, Some(b.base.qkv.b), qkv, Dense::F16, Some(append), next(l, 0))? {
+                k.kv_append(qkv, kc, vc, st.slots.ptr(), rows, n, tc, len, st.ctx)?;
+            }
             if st.use_split {
                 let part = st.part.ptr();
-                k.decoder_self_attention_split(qkv, kc, vc, st.slots.ptr(), part, rows, n, c.n_text_head, tc, len, st.ctx, st.self_splits)?;
-                k.attention_combine(part, st.self_splits, att, rows, n, c.n_text_head)?;
+                k.decoder_self_attention_split(qkv, kc, vc, st.slots.ptr(), part, rows, n, c.n_text_head, tc, len, st.ctx, st.self_splits, merge)?;
             } else {
                 k.decoder_self_attention(qkv, kc, vc, st.slots.ptr(), att, rows, n, c.n_text_head, tc, len, st.ctx)?;
             }
-            self.dense(rows, n, n, None, att, b.base.out.w, Some(b.base.out.b), x, Dense::Residual)?;
+            self.dense(rows, n, n, None, att, b.base.out.w, Some(b.base.out.b), x, Dense::Residual, None, next(l, 1))?;
             // Cross-attention over the utterance's keys and values (query in `qkv`, stride n).
-            self.dense(rows, n, n, Some(&b.cross_ln), x, b.cross_q.w, Some(b.cross_q.b), qkv, Dense::F16)?;
+            self.dense(rows, n, n, Some(&b.cross_ln), x, b.cross_q.w, Some(b.cross_q.b), qkv, Dense::F16, None, next(l, 2))?;
             let kv = CrossKv { table: st.cross_table.ptr(), offset: l * 2 * n, tokens: tc };
             if st.use_split {
-                k.cross_attention_split(qkv, n, kv, kv_ld, c.n_audio_ctx, st.part.ptr(), rows, n, c.n_text_head)?;
-                k.attention_combine(st.part.ptr(), st.cross_splits, att, rows, n, c.n_text_head)?;
+                k.cross_attention_split(qkv, n, kv, kv_ld, c.n_audio_ctx, st.part.ptr(), rows, n, c.n_text_head, merge)?;
             } else {
                 k.cross_attention(qkv, n, kv, kv_ld, c.n_audio_ctx, att, rows, n, c.n_text_head)?;
             }
-            self.dense(rows, n, n, None, att, b.cross_out.w, Some(b.cross_out.b), x, Dense::Residual)?;
+            self.dense(rows, n, n, None, att, b.cross_out.w, Some(b.cross_out.b), x, Dense::Residual, None, next(l, 3))?;
             // MLP.
-            self.dense(rows, 4 * n, n, Some(&b.base.mlp_ln), x, b.base.fc1.w, Some(b.base.fc1.b), u, Dense::F16Gelu)?;
-            self.dense(rows, n, 4 * n, None, u, b.base.fc2.w, Some(b.base.fc2.b), x, Dense::Residual)?;
+            self.dense(rows, 4 * n, n, Some(&b.base.mlp_ln), x, b.base.fc1.w, Some(b.base.fc1.b), u, Dense::F16Gelu, None, next(l, 4))?;
+            self.dense(rows, n, 4 * n, None, u, b.base.fc2.w, Some(b.base.fc2.b), x, Dense::Residual, None, next(l, 5))?;
         }
         Ok(())
     }

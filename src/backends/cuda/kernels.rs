@@ -48,6 +48,23 @@ pub const TOPK_MAX: usize = 16;
 pub const GEMV_MAX_M: usize = 8;
 /// Warps per block of the GEMV kernel (`GEMV_WARPS`), one output feature each.
 const GEMV_WARPS: usize = 4;
+/// Input rows up to this many bytes go to shared memory once per GEMV block (fewer dependent
+/// loads in the FMA loop); larger ones are read from L1/L2. `WHISPER_TRT_GEMV_SMEM` (KiB)
+/// overrides it, for measurements.
+const GEMV_XS: usize = 16 << 10;
+
+/// Where the GEMV kernel also writes the keys and values of a QKV projection (kv_append's job):
+/// this layer's caches `[slot][ctx][n]`, the slot table, the device i32 `len` and tokens per
+/// sequence `t` (see gemv.cu).
+#[derive(Clone, Copy, Debug)]
+pub struct KvAppend {
+    pub k_cache: CUdeviceptr,
+    pub v_cache: CUdeviceptr,
+    pub slots: CUdeviceptr,
+    pub len: CUdeviceptr,
+    pub t: usize,
+    pub ctx: usize,
+}
 
 /// Where each query row's cross-attention keys and values are (see `cross_kv` in
 /// decoder_attention.cu): row r belongs to sequence r / `tokens`, whose utterance's cross K/V
@@ -104,9 +121,12 @@ pub struct Kernels {
     gemv_f16: CudaFunction,
     /// The fused decoder step (launched by step.rs).
     pub(super) decoder_step: CudaFunction,
-    /// GEMV blocks resident at once (4 per multiprocessor at its 128 registers per thread):
-    /// the grid never exceeds one wave; warps stride over the remaining outputs.
+    /// GEMV blocks resident at once (4 per multiprocessor, which leaves room for the next
+    /// kernel's blocks under Programmatic Dependent Launch): the grid never exceeds one wave;
+    /// warps stride over the remaining outputs.
     gemv_wave: usize,
+    /// Input bytes the GEMV kernel stages in shared memory at most (see [`GEMV_XS`]).
+    gemv_xs: usize,
     /// Whether the GPU has Programmatic Dependent Launch (compute capability 9.0 or newer).
     pdl_ok: bool,
     /// Whether the launchers marked "PDL" below launch with the programmatic attribute now
@@ -206,7 +226,7 @@ impl Kernels {
             let m = loaded.get(stem).ok_or_else(|| anyhow!("the engine has no cubin for kernels/{stem}.cu; rebuild it"))?;
             m.load_function(name).map_err(|e| anyhow!("kernels/{stem}.cu has no kernel {name}: {e:?}; rebuild the engine"))
         };
-        Ok(Kernels {
+        let k = Kernels {
             stream: gpu.stream.clone(),
             layernorm: f("layernorm", "layernorm_f32_f16")?,
             im2col_conv1: f("conv", "im2col_conv1")?,
@@ -230,9 +250,31 @@ impl Kernels {
                 .ctx
                 .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
                 .map_or(108, |v| v.max(1) as usize),
+            gemv_xs: std::env::var("WHISPER_TRT_GEMV_SMEM").ok().and_then(|v| v.parse::<usize>().ok()).map_or(GEMV_XS, |kib| kib << 10),
             pdl_ok: gpu.compute_capability.0 >= 9,
             pdl: Cell::new(false),
-        })
+        };
+        // The kernels of a decode step all prefer the largest shared-memory carveout, so that
+        // blocks of consecutive kernels (Programmatic Dependent Launch) never wait for a change of
+        // the L1/shared split. Measured effect small: H100, large-v2 batch 1, with an earlier
+        // shared-memory GEMV, 2.77 vs 2.80 ms (GEMV + PDL) and 3.11 vs 3.12 (GEMV).
+        // `WHISPER_TRT_CARVEOUT=0` leaves the driver's choice.
+        if std::env::var("WHISPER_TRT_CARVEOUT").map_or(true, |v| v != "0") {
+            for func in [
+                &k.gemv_f16,
+                &k.decoder_self_attention,
+                &k.decoder_self_attention_split,
+                &k.cross_attention,
+                &k.cross_attention_split,
+                &k.attention_combine,
+                &k.kv_append,
+                &k.embed_tokens,
+            ] {
+                func.set_attribute(sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100)
+                    .map_err(|e| anyhow!("cannot set a kernel's shared memory carveout: {e:?}"))?;
+            }
+        }
+        Ok(k)
     }
 
     /// Whether this GPU has Programmatic Dependent Launch (compute capability 9.0 or newer).
@@ -364,7 +406,9 @@ impl Kernels {
 
     /// PDL. [`Kernels::decoder_self_attention`] split over keys: partial results of `n_splits` blocks
     /// of [`SPLIT_KEYS`] keys per (row, head) into `part` (f32 `[rows][n_head][n_splits][SPLIT_PART]`);
-    /// [`Kernels::attention_combine`] merges them. `n_splits` must cover `len + t` keys.
+    /// [`Kernels::attention_combine`] merges them, or with `merge = Some((cnt, out))` the last block
+    /// of every (row, head) does (`cnt` u32 `[rows][n_head]`, zero before, zero again after; `out`
+    /// as attention_combine's). `n_splits` must cover `len + t` keys.
     #[allow(clippy::too_many_arguments)]
     pub fn decoder_self_attention_split(
         &self,
@@ -380,13 +424,22 @@ impl Kernels {
         len: CUdeviceptr,
         ctx: usize,
         n_splits: usize,
+        merge: Option<(CUdeviceptr, CUdeviceptr)>,
     ) -> Result<()> {
         let (nn, tt, cc) = (i32_of(n, "n")?, i32_of(t, "t")?, i32_of(ctx, "ctx")?);
+        let (cnt, out) = merge.unwrap_or((0, 0));
         let cfg = LaunchConfig { grid_dim: (rows as u32, n_head as u32, n_splits as u32), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, decoder_self_attention_split, "decoder_self_attention_split", cfg, [&qkv, &k_cache, &v_cache, &slots, &part, &nn, &tt, &len, &cc])
+        launch!(
+            self,
+            decoder_self_attention_split,
+            "decoder_self_attention_split",
+            cfg,
+            [&qkv, &k_cache, &v_cache, &slots, &part, &cnt, &out, &nn, &tt, &len, &cc]
+        )
     }
 
-    /// PDL. [`Kernels::cross_attention`] split over keys (see [`Kernels::decoder_self_attention_split`]).
+    /// PDL. [`Kernels::cross_attention`] split over keys (see [`Kernels::decoder_self_attention_split`],
+    /// also for `merge`).
     #[allow(clippy::too_many_arguments)]
     pub fn cross_attention_split(
         &self,
@@ -399,12 +452,14 @@ impl Kernels {
         rows: usize,
         n: usize,
         n_head: usize,
+        merge: Option<(CUdeviceptr, CUdeviceptr)>,
     ) -> Result<()> {
         let (lq, lkv, nk, nn) = (i32_of(ldq, "ldq")?, ldkv as i64, i32_of(n_keys, "n_keys")?, i32_of(n, "n")?);
         let (table, off, t) = (kv.table, kv.offset as i64, i32_of(kv.tokens, "tokens")?);
+        let (cnt, out) = merge.unwrap_or((0, 0));
         let splits = n_keys.div_ceil(SPLIT_KEYS) as u32;
         let cfg = LaunchConfig { grid_dim: (rows as u32, n_head as u32, splits), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, cross_attention_split, "cross_attention_split", cfg, [&q, &lq, &table, &off, &t, &lkv, &nk, &part, &nn])
+        launch!(self, cross_attention_split, "cross_attention_split", cfg, [&q, &lq, &table, &off, &t, &lkv, &nk, &part, &cnt, &out, &nn])
     }
 
     /// PDL. Merges `n_splits` partial results per (row, head) into fp16 `out` `[rows][n]`.
@@ -533,9 +588,35 @@ impl Kernels {
         ldy: usize,
         out: GemvOut,
     ) -> Result<()> {
+        self.gemv_kv(w, x, ln, bias, y, m, n, k, ldx, ldy, out, None, None)
+    }
+
+    /// PDL. [`Kernels::gemv`] that also appends the keys and values of a QKV projection (`n` =
+    /// 3 n_state, fp16 out) to the self-attention cache when `kv` is given, and on sm_90 asks the
+    /// L2 cache to fetch `prefetch` (address, bytes: the next dense layer's weights) meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv_kv(
+        &self,
+        w: CUdeviceptr,
+        x: CUdeviceptr,
+        ln: Option<(CUdeviceptr, CUdeviceptr)>,
+        bias: Option<CUdeviceptr>,
+        y: CUdeviceptr,
+        m: usize,
+        n: usize,
+        k: usize,
+        ldx: usize,
+        ldy: usize,
+        out: GemvOut,
+        kv: Option<KvAppend>,
+        prefetch: Option<(CUdeviceptr, usize)>,
+    ) -> Result<()> {
         let fits = if ln.is_some() { gemv_fuses_ln(m, k) } else { gemv_fits(m, k) && ldx.is_multiple_of(8) };
         if !fits {
             return Err(anyhow!("internal: GEMV of {m} rows x {k} inputs (ldx {ldx}, LayerNorm {}) is out of the kernel's range", ln.is_some()));
+        }
+        if kv.is_some() && (out != GemvOut::F16 || !n.is_multiple_of(3)) {
+            return Err(anyhow!("internal: the GEMV KV append needs an fp16 QKV projection, not {n} outputs {out:?}"));
         }
         let (g, b) = ln.unwrap_or((0, 0));
         let bias = bias.unwrap_or(0);
@@ -546,13 +627,24 @@ impl Kernels {
             GemvOut::F32Add => 3,
         };
         let (mm, nn, kk, lx, ly, eps) = (i32_of(m, "m")?, i32_of(n, "n")?, i32_of(k, "k")?, i32_of(ldx, "ldx")?, i32_of(ldy, "ldy")?, LN_EPS);
+        let xs = if ln.is_some() || m * k * 2 <= self.gemv_xs { m * k * 2 } else { 0 };
+        let xs_bytes = xs as i32;
+        let kv = kv.unwrap_or(KvAppend { k_cache: 0, v_cache: 0, slots: 0, len: 0, t: 1, ctx: 0 });
+        let (kc, vc, sl, ln_ptr, tt, cc) = (kv.k_cache, kv.v_cache, kv.slots, kv.len, i32_of(kv.t, "t")?, i32_of(kv.ctx, "ctx")?);
+        let (pf, pf_bytes) = prefetch.map_or((0, 0i64), |(a, b)| (a, (b / 16 * 16) as i64));
         // One wave at most (with LayerNorm fused, every block normalises the rows again).
         let blocks = n.div_ceil(GEMV_WARPS).min(self.gemv_wave);
         let cfg = LaunchConfig {
             grid_dim: (blocks.clamp(1, 1 << 20) as u32, 1, 1),
             block_dim: ((GEMV_WARPS * 32) as u32, 1, 1),
-            shared_mem_bytes: if ln.is_some() { (m * k * 2) as u32 } else { 0 },
+            shared_mem_bytes: xs as u32,
         };
-        launch!(self, gemv_f16, "gemv_f16", cfg, [&w, &x, &g, &b, &eps, &bias, &y, &mm, &nn, &kk, &lx, &ly, &mode])
+        launch!(
+            self,
+            gemv_f16,
+            "gemv_f16",
+            cfg,
+            [&w, &x, &g, &b, &eps, &bias, &y, &mm, &nn, &kk, &lx, &ly, &mode, &xs_bytes, &kc, &vc, &sl, &ln_ptr, &tt, &cc, &pf, &pf_bytes]
+        )
     }
 }

@@ -190,6 +190,8 @@ impl CudaModel {
 
     /// Dense layers of decode steps of at most 8 rows through the GEMV kernel (LayerNorm and GELU
     /// fused) or cuBLASLt; the default comes from `WHISPER_TRT_GEMV` (cuBLASLt unless "1").
+    /// Programmatic Dependent Launch ([`CudaModel::set_pdl`], on by default on sm_90) selects the
+    /// GEMV kernel for one-row steps by itself.
     pub fn set_gemv(&self, on: bool) -> Result<()> {
         let mut st = self.dec_state.try_borrow_mut().map_err(|_| anyhow!("a decoder session is active"))?;
         st.set_gemv(on);
