@@ -3,25 +3,40 @@
 // weights (45 MB per large-v2 layer), but as separate launches it is ~350 small kernels, each
 // paying launch, ramp-up and tail. Here one block per multiprocessor runs every phase of every
 // layer, with a grid-wide barrier between dependent phases, and the weights, which do not depend
-// on the data, stream into a ring buffer in shared memory (cp.async, or bulk copies behind an L2
-// prefetch stream on sm_90: `mode`): while a block waits at a barrier or computes attention, its
-// slices of the next dense layers are already on their way.
+// on the data, stream into a ring buffer in shared memory ahead of use.
 //
-// Measured on an H100 (large-v2, batch 1): correct, but 2.96 ms per step against 2.54 ms for the
-// separate kernels in a CUDA graph, so it is opt-in (src/backends/cuda/step.rs). The phases are
-// latency-bound: without any weight traffic (mode 2) the kernel still takes 1.69 ms, ~53 us per
-// layer of grid barriers (~0.9 us each) and global round trips (~1-1.5 us each here) between them;
-// with the weights streaming, round trips and barrier releases wait behind the copies in flight.
+// Warp-specialised: the last warp of each block is the producer. It walks the block's weight
+// slices of every layer in the order they are used and copies them (cp.async, 4 KB pieces, at
+// most `ahead` pieces in flight) into the ring as soon as there is room, publishing in shared
+// memory how many whole chunks have landed. The other 15 warps (the consumers) run the phases,
+// syncing among themselves only (named barrier 1), waiting for a chunk's "ready" count before its
+// GEMV and publishing the ring bytes they are done with. Bounding the copies in flight per block
+// matters: when every block queued whole 100 KB slices at once, the global round trips of the
+// dependency chain (barrier polls, activation loads) waited behind them (~4 us per barrier).
+// In mode 0 the producer also prefetches each layer's LayerNorm parameters and bias slices into
+// L2, and one consumer thread, at the start of each layer, this layer's cross K/V and the next
+// layer's self-attention cache, so that the chain's loads hit L2.
+//
+// Measured on an H100 (large-v2, batch 1, whisper-trt bench, one run each): 2.54-2.58 ms per step
+// against 2.41-2.44 ms for the separate kernels (CUDA graphs, PDL) in the same runs, so it stays
+// opt-in; 1.75-1.77 ms without any weight traffic (mode 2): the dependency chain (8 phases, 6
+// grid barriers, ~52 us per layer) is the floor of this design, and the weights add ~0.8 ms on
+// top (phases whose weights or attention inputs are not in yet, round trips slower under load).
 //
 // Phases of a layer (block b owns rows N*b/G .. N*(b+1)/G of every dense layer's weight [N][K]):
 //   1 LN1 (each block normalises the R rows itself) + QKV: q to `q`, k and v straight into the
 //     KV cache at position len of the sequence's slot (kv_append folded in)
-//   2 self-attention over the cache (len + 1 keys), split over keys; the block that finishes the
-//     last split of a (row, head) merges the splits into `att`
+//   2 self-attention over the cache (len + 1 keys), one work item per (row, head) (split over
+//     keys only past DS_KEYS keys); an item waits for its head's q, k and v rows (per-head
+//     counters), not for a grid barrier
 //   3 out projection of `att`, added into x
 //   4 LN2 + cross-attention query
-//   5 cross-attention over the n_audio_ctx keys of each sequence's utterance (cross K/V table)
-//   6 cross out projection, added into x
+//   5 cross-attention (per-head counters again, no grid barrier) over the n_audio_ctx keys of
+//     each sequence's utterance (cross K/V table), split over keys; each split writes its
+//     partial (max, sum, unnormalised output)
+//   6 cross out projection, added into x; when rows x heads are few, every block merges all
+//     partials itself while staging its input (no separate merge); else the block that finished
+//     the last split of a (row, head) merged them in phase 5
 //   7 LN3 + fc1 + exact GELU into u
 //   8 fc2, added into x
 // The token and position embedding is phase 0 (each block writes its own columns of x, and
@@ -34,29 +49,40 @@
 // stream x in f32, softmax in f32 with the maximum subtracted.
 //
 // Launch: grid = multiprocessor count (all blocks resident: cooperative launch), DS_THREADS
-// threads, dynamic shared memory = ring_bytes + rows * (8n + 16). `sync` (the grid barrier and
-// the split counters) must be zero at launch. n % 64 == 0, n <= 1280, n_layer <= DS_LAYERS, every
+// threads, dynamic shared memory = ring_bytes + rows * (8n + 16) + the GEMV's partial tiles
+// (15 warps x DS_TILES x 16 x rows rounded up to even, f32). `sync` (the grid barrier, the
+// per-head counters and the split counters) must be zero at launch. n % 64 == 0, n <= 1280, n_layer <= DS_LAYERS, every
 // dense slice of a block fits the ring, ceil(4n / grid) <= DS_BIAS, ceil(n / grid) <= DS_OWN.
 #include <cuda_fp16.h>
 
 #define DS_THREADS 512
-#define DS_WARPS 16
+// Consumer warps and threads (the last warp is the producer).
+#define DS_CWARPS 15
+#define DS_CTHREADS 480
 #define DS_RMAX 8
 #define DS_DH 64
 #define DS_PART (DS_DH + 2)
-// Keys of one attention work item at most: 64 groups of 8 threads, 8 keys per group.
-#define DS_KEYS 512
+// Keys of one attention work item at most: 60 groups of 8 consumer threads, 8 keys per group.
+#define DS_GROUPS (DS_CTHREADS / 8)
+#define DS_KEYS (8 * DS_GROUPS)
 // Splits of one (row, head) at most, and keys per split at least.
 #define DS_SPLITS 32
 #define DS_MIN_KEYS 32
-// Weight chunks (dense-layer slices) in flight at most (cp.async groups, mbarriers).
+// Cross-attention partials merged by every consumer block: at most this many splits, and rows x
+// heads x 32 at most 2 x DS_CTHREADS (two passes of one round trip each).
+#define DS_MERGE_S 8
+// Pieces (4 KB) in flight per block at most; chunks published but not yet reported.
 #define DS_FLIGHT 12
+#define DS_PIECE 256
+#define DS_PENDING 16
 // LayerNorm keeps a row in registers of two warps: n <= 2 x 32 lanes x 4 x DS_LN_VEC.
 #define DS_LN_VEC 5
 #define DS_LAYERS 32
 // Bias values of one slice, own residual columns per row, at most.
 #define DS_BIAS 192
 #define DS_OWN 64
+// 16-row weight tiles one pass of the GEMV computes at once.
+#define DS_TILES 3
 #define DS_NEG_INF __int_as_float(0xff800000)
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -103,7 +129,9 @@ struct StepParams {
     float* part;                            // f32 [rows][heads][splits][DS_PART]
     __half* k_cache;                        // fp16 [layer][slot][ctx][n]
     __half* v_cache;
-    // Zero at launch: [0] the grid barrier, [1 + row * heads + head] split counters.
+    // Zero at launch: [0] the grid barrier, [1 + head] rows of the head's q, k and v computed
+    // (QKV, all layers so far), [1 + heads + head] rows of its cross-attention query computed,
+    // [1 + 2 heads + row * heads + head] split counters.
     unsigned int* sync;
     // Null, or timestamps (globaltimer, ns) [layer * 8 + phase][4][grid]: phase start, inputs and
     // weights ready, computed, arrival at the barrier (thread 0 of each block), then [grid][4]:
@@ -112,26 +140,32 @@ struct StepParams {
     long long cache_layer;  // elements of one layer of the cache
     long long kv_ld;        // row stride (elements) of the cross K/V
     int rows, n, n_head, n_layer, ctx, n_audio_ctx, ring_bytes;
-    // 0: weights by cp.async; 1: by bulk copies, with the DRAM stream running ahead into L2
-    // (bulk prefetches, sm_90; else as 0); 2: not at all (timing only: the results are garbage).
+    // 0: weights by the producer warp (cp.async) with L2 prefetch of the next
+    // attention inputs, LayerNorm parameters and biases; 1: the same without the prefetches;
+    // 2: no weights at all (timing only: the results are garbage).
     int mode;
-    // Chunks copied into shared memory ahead of use (1 .. DS_FLIGHT), and prefetched into L2
-    // ahead of use (mode 1), with the next layer's attention keys and values.
+    // 4 KB pieces of weights in flight per block (1 .. DS_FLIGHT); l2_ahead is unused (kept for
+    // the layout).
     int ahead, l2_ahead;
 };
 
 // Shared state of a block besides the ring and the staged input rows.
 struct Shared {
-    float red[DS_WARPS * 128];
-    float red_m[DS_WARPS], red_s[DS_WARPS];
+    float red[DS_CWARPS * DS_DH];  // attention partial outputs (the GEMV's are in dynamic memory)
+    float red_m[DS_CWARPS], red_s[DS_CWARPS];
     float bias[DS_BIAS];
     float xown[DS_RMAX][DS_OWN];
     LayerW layers[DS_LAYERS];
-    unsigned long long mbar[DS_FLIGHT];
     const __half* cross[DS_RMAX];
     int slots[DS_RMAX];
     int tokens[DS_RMAX];
+    // Producer only: the index of the last piece of chunks issued but not yet reported.
+    int plast[DS_PENDING];
     int last;
+    // Producer -> consumers: chunks wholly in the ring. Consumers -> producer: ring bytes (stream
+    // position, monotone) they are done with.
+    int ready;
+    int released;
 };
 
 // ---- small helpers ----------------------------------------------------------------------------
@@ -154,9 +188,19 @@ __device__ __forceinline__ unsigned ds_smem_addr(const void* p) {
     return static_cast<unsigned>(__cvta_generic_to_shared(p));
 }
 
+// The consumer warps' barrier (the producer warp never joins it). A warp may come here diverged
+// (thread 0 polling a flag while its other lanes wait): it reconverges first, and again after, so
+// that the .aligned ldmatrix and mma that follow run converged.
+__device__ __forceinline__ void ds_sync() {
+    __syncwarp();
+    asm volatile("barrier.sync 1, %0;\n" ::"n"(DS_CTHREADS) : "memory");
+    __syncwarp();
+}
+
 __device__ __forceinline__ void ds_cp_async16(unsigned dst, const void* src) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
 }
+
 
 __device__ __forceinline__ void ds_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 
@@ -181,30 +225,13 @@ __device__ __forceinline__ void ds_cp_async_wait(int pending) {
     }
 }
 
+__device__ __forceinline__ void ds_prefetch_line(const void* p) {
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p) : "memory");
+}
+
 #if DS_HAS_BULK
-__device__ __forceinline__ void ds_mbar_init(unsigned mbar) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(mbar) : "memory");
-}
-
-__device__ __forceinline__ void ds_mbar_expect(unsigned mbar, unsigned bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(mbar), "r"(bytes) : "memory");
-}
-
-__device__ __forceinline__ void ds_bulk_copy(unsigned dst, const void* src, unsigned bytes, unsigned mbar) {
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
-                 "l"(src), "r"(bytes), "r"(mbar)
-                 : "memory");
-}
-
-__device__ __forceinline__ void ds_mbar_wait(unsigned mbar, unsigned parity) {
-    unsigned done = 0;
-    while (!done) {
-        asm volatile(
-            "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
-            : "=r"(done)
-            : "r"(mbar), "r"(parity)
-            : "memory");
-    }
+__device__ __forceinline__ void ds_prefetch_l2(const void* src, unsigned bytes) {
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(src), "r"(bytes) : "memory");
 }
 #endif
 
@@ -242,10 +269,10 @@ __device__ __forceinline__ void ds_mark_clock(const StepParams& p, int at) {
     }
 }
 
-// Grid-wide barrier: every block arrives (release), then waits until all have (acquire).
-// `target` counts the arrivals expected so far in this launch. Thread 0 never has copies in flight.
+// Grid-wide barrier of the consumer warps: every block arrives (release), then waits until all
+// have (acquire). `target` counts the arrivals expected so far in this launch.
 __device__ __forceinline__ void ds_barrier(unsigned int* ctr, unsigned int& target) {
-    __syncthreads();
+    ds_sync();
     target += gridDim.x;
     if (threadIdx.x == 0) {
         asm volatile("red.release.gpu.global.add.u32 [%0], 1;\n" ::"l"(ctr) : "memory");
@@ -254,7 +281,22 @@ __device__ __forceinline__ void ds_barrier(unsigned int* ctr, unsigned int& targ
             asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(ctr) : "memory");
         } while (v < target);
     }
-    __syncthreads();
+    ds_sync();
+}
+
+// After a block wrote its rows r0 .. r0 + nr of q (rows < n, head row / 64) and, for the QKV
+// (qkv true), k and v (rows n .. 3n): adds the rows of each head to that head's counter `flags[h]`
+// (release), so that its attention can start without a grid barrier.
+__device__ __forceinline__ void ds_signal_heads(unsigned int* flags, int n, int r0, int nr) {
+    ds_sync();
+    if (threadIdx.x == 0) {
+        for (int r = r0; r < r0 + nr;) {
+            const int seg_end = min(r0 + nr, (r / DS_DH + 1) * DS_DH);
+            const int h = (r % n) / DS_DH;
+            asm volatile("red.release.gpu.global.add.u32 [%0], %1;\n" ::"l"(flags + h), "r"(seg_end - r) : "memory");
+            r = seg_end;
+        }
+    }
 }
 
 // Rows r0 .. r0 + nr of an N-row weight that this block owns.
@@ -285,112 +327,116 @@ __device__ __forceinline__ Dense ds_dense(const Shared& sh, int n, int c) {
     }
 }
 
-// ---- the weight ring ----------------------------------------------------------------------
+// ---- the producer warp --------------------------------------------------------------------
 // Chunks (this block's row slice of each dense layer, rows padded to 2K + 16 bytes so that
-// ldmatrix reads of 8 rows hit distinct banks) are copied in the order they are used into a ring
-// of `cap` bytes; a chunk is released after its GEMV. Every thread keeps the same copy of this
-// state (it depends on sizes only). Warp 0 copies nothing: its thread 0 arrives at the grid
-// barriers, whose release must not wait for copies in flight.
-struct Ring {
-    int cap, head, tail, used, issued, done, total, l2;
-};
+// ldmatrix reads of 8 rows hit distinct banks) go in the order they are used into a ring of
+// `ring_bytes` bytes, addressed by a stream position (bytes, monotone) modulo its size. A piece
+// is DS_PIECE 16-byte units of a chunk; every lane copies every 32nd unit of it (one cp.async
+// group per piece). The consumers release a chunk after its GEMV (sh.released).
 
-#if DS_HAS_BULK
-__device__ __forceinline__ void ds_prefetch_l2(const void* src, unsigned bytes) {
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(src), "r"(bytes) : "memory");
-}
-#endif
-
-// Mode 1: this block's share of layer l's attention inputs into L2 (thread 32): the cross K/V
-// rows of keys A*b/G .. A*(b+1)/G of every distinct utterance, and cache positions
-// len*b/G .. len*(b+1)/G of every row's slot.
-__device__ void ds_prefetch_layer(const StepParams& p, const Shared& sh, int l, int len) {
-#if DS_HAS_BULK
-    if (p.mode != 1 || threadIdx.x != 32 || l >= p.n_layer) return;
-    const int n = p.n;
-    int k0, nk, p0, np;
-    ds_rows(p.n_audio_ctx, k0, nk);
-    ds_rows(len, p0, np);
-    for (int m = 0; m < p.rows; m++) {
-        bool seen = false;
-        for (int m2 = 0; m2 < m; m2++) seen |= sh.cross[m2] == sh.cross[m];
-        if (!seen) {
-            for (int k = k0; k < k0 + nk; k++) ds_prefetch_l2(sh.cross[m] + (size_t)k * p.kv_ld + (size_t)l * 2 * n, 4 * n);
-        }
-        if (np > 0) {
-            const size_t at = (size_t)l * p.cache_layer + ((size_t)sh.slots[m] * p.ctx + p0) * n;
-            ds_prefetch_l2(p.k_cache + at, np * n * 2);
-            ds_prefetch_l2(p.v_cache + at, np * n * 2);
-        }
-    }
-#endif
-}
-
-__device__ void ds_ring_issue(Ring& r, const StepParams& p, Shared& sh, unsigned ring) {
-#if DS_HAS_BULK
-    // The DRAM stream: whole slices (contiguous) into L2, l2_ahead chunks ahead.
-    if (p.mode == 1) {
-        while (r.l2 < r.total && r.l2 < r.done + p.l2_ahead) {
-            if (threadIdx.x == 32) {
-                const Dense d = ds_dense(sh, p.n, r.l2);
-                int r0, nr;
-                ds_rows(d.N, r0, nr);
-                if (nr > 0) ds_prefetch_l2(d.w + (size_t)r0 * d.K, nr * 2 * d.K);
-            }
-            r.l2++;
-        }
-    }
-#endif
-    while (r.issued < r.total && r.issued - r.done < min(p.ahead, DS_FLIGHT)) {
-        const Dense d = ds_dense(sh, p.n, r.issued);
+// Layer l's LayerNorm parameters (this block's share of their 128-byte lines) and this block's
+// bias slices into L2.
+__device__ void ds_prefetch_params(const StepParams& p, const Shared& sh, int l) {
+    const int lane = threadIdx.x & 31, n = p.n, G = gridDim.x;
+    const LayerW& L = sh.layers[l];
+    const float* ln[6] = {L.ln1_g, L.ln1_b, L.ln2_g, L.ln2_b, L.ln3_g, L.ln3_b};
+    const int lines = n / 32;  // 128-byte lines of one f32 vector
+    for (int j = blockIdx.x + G * lane; j < 6 * lines; j += 32 * G) ds_prefetch_line(ln[j / lines] + (j % lines) * 32);
+    if (lane < 6) {
+        const Dense d = ds_dense(sh, n, 6 * l + lane);
         int r0, nr;
         ds_rows(d.N, r0, nr);
-        const int pitch = 2 * d.K + 16;
-        const int bytes = nr * pitch;
-        if (bytes > r.cap - r.used) break;
-        const char* src = reinterpret_cast<const char*>(d.w + (size_t)r0 * d.K);
-        if (p.mode == 1 && DS_HAS_BULK) {
-#if DS_HAS_BULK
-            if (threadIdx.x == 32) {
-                const unsigned mbar = ds_smem_addr(&sh.mbar[r.issued % DS_FLIGHT]);
-                // The space was last read by ldmatrix (generic proxy); the copy engine writes it.
-                asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-                ds_mbar_expect(mbar, nr * 2 * d.K);
-                for (int row = 0; row < nr; row++) {
-                    int off = r.head + row * pitch;
-                    if (off >= r.cap) off -= r.cap;
-                    const int first = min(2 * d.K, r.cap - off);
-                    ds_bulk_copy(ring + off, src + (size_t)row * 2 * d.K, first, mbar);
-                    if (first < 2 * d.K) ds_bulk_copy(ring, src + (size_t)row * 2 * d.K + first, 2 * d.K - first, mbar);
-                }
+        if (nr > 0) {
+            const char* b = reinterpret_cast<const char*>(d.b) + (size_t)r0 * (d.b32 ? 4 : 2);
+            ds_prefetch_line(b);
+            ds_prefetch_line(b + (nr - 1) * (d.b32 ? 4 : 2));
+        }
+    }
+}
+
+__device__ void ds_producer(const StepParams& p, Shared& sh, unsigned ring) {
+    const int lane = threadIdx.x & 31;
+    const int total = 6 * p.n_layer, cap = p.ring_bytes;
+    if (p.mode == 2) {
+        if (lane == 0) *reinterpret_cast<volatile int*>(&sh.ready) = total;
+        return;
+    }
+    const bool hint = p.mode == 0;
+    const int flight = max(1, min(p.ahead, DS_FLIGHT));
+    int pos = 0;             // stream position of the current chunk
+    int issued = 0, done = 0;  // pieces issued, pieces known complete
+    int reported = 0;        // chunks published as ready
+    // The consumers' released position, the same in every lane (read by lane 0: acquire).
+    auto released = [&]() {
+        int v = 0;
+        if (lane == 0) v = *reinterpret_cast<volatile int*>(&sh.released);
+        v = __shfl_sync(0xffffffffu, v, 0);
+        __syncwarp();
+        return v;
+    };
+    // Publishes the chunks whose last piece is complete (pieces complete in issue order).
+    auto report = [&](int chunks_issued) {
+        int r = reported;
+        while (r < chunks_issued && sh.plast[r % DS_PENDING] < done) r++;
+        if (r != reported) {
+            __syncwarp();
+            if (lane == 0) {
+                __threadfence_block();  // the pieces' data (each lane waited for its own copies)
+                *reinterpret_cast<volatile int*>(&sh.ready) = r;
             }
-#endif
-        } else if (p.mode == 0 || p.mode == 1) {
-            const int per_row = d.K >> 3;
-            for (int i = (int)threadIdx.x - 32; i < nr * per_row; i += DS_THREADS - 32) {
-                if (i < 0) break;
+            reported = r;
+        }
+    };
+    for (int c = 0; c < total; c++) {
+        if (hint && c % 6 == 0) ds_prefetch_params(p, sh, c / 6);
+        const Dense d = ds_dense(sh, p.n, c);
+        int r0, nr;
+        ds_rows(d.N, r0, nr);
+        const int pitch = 2 * d.K + 16, per_row = d.K >> 3, units = nr * per_row;
+        const char* src = reinterpret_cast<const char*>(d.w + (size_t)r0 * d.K);
+        for (int u0 = 0; u0 < units; u0 += DS_PIECE) {
+            const int u1 = min(u0 + DS_PIECE, units);
+            const int need = pos + ((u1 - 1) / per_row + 1) * pitch;
+            if (need - released() > cap) {
+                // No room: let everything in flight land (so the consumers can go on), then wait.
+                asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+                done = issued;
+                report(c);
+                while (need - released() > cap) __nanosleep(64);
+            }
+            for (int i = u0 + lane; i < u1; i += 32) {
                 const int row = i / per_row, col = i - row * per_row;
-                int off = r.head + row * pitch + col * 16;
-                if (off >= r.cap) off -= r.cap;
+                int off = (pos + row * pitch + col * 16) % cap;
                 ds_cp_async16(ring + off, src + (size_t)i * 16);
             }
             ds_cp_async_commit();
+            if (u1 == units) sh.plast[c % DS_PENDING] = issued;
+            issued++;
+            if (issued - done >= flight) {
+                ds_cp_async_wait(flight - 1);
+                done = issued - (flight - 1);
+                report(c + (u1 == units ? 1 : 0));
+            }
         }
-        r.head += bytes;
-        if (r.head >= r.cap) r.head -= r.cap;
-        r.used += bytes;
-        r.issued++;
+        if (units == 0) sh.plast[c % DS_PENDING] = issued - 1;  // nothing to wait for
+        pos += nr * pitch;
     }
+    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+    done = issued;
+    report(total);
 }
 
-// y = W x + b for this block's slice of the next chunk's weight: R input rows in `xin` (fp16,
-// row pitch 2K + 16 bytes), epi(global row, input row, f32 result) per output. Tiles of 16 weight
-// rows; each warp takes K-steps of 16 (mma m16n8k16: weight rows as A, input rows as the 8
-// columns of B), the 16 warps' partial tiles are summed in shared memory.
+// ---- the consumers' GEMV -------------------------------------------------------------------
+
+// The consumers' view of the ring: chunks done, the next chunk's ring offset and stream position.
+struct Cons {
+    int done, tail, pos;
+};
+
 // The bias of this block's slice of the next chunk, one value per thread (threads < nr): loaded
 // at the start of a phase, so that its round trip overlaps the phase's other loads.
-__device__ __forceinline__ float ds_bias(const Ring& r, const StepParams& p, const Shared& sh) {
-    const Dense d = ds_dense(sh, p.n, r.done);
+__device__ __forceinline__ float ds_bias(const Cons& cs, const StepParams& p, const Shared& sh) {
+    const Dense d = ds_dense(sh, p.n, cs.done);
     int r0, nr;
     ds_rows(d.N, r0, nr);
     if ((int)threadIdx.x >= nr) return 0.f;
@@ -398,24 +444,29 @@ __device__ __forceinline__ float ds_bias(const Ring& r, const StepParams& p, con
                  : __half2float(reinterpret_cast<const __half*>(d.b)[r0 + threadIdx.x]);
 }
 
+// y = W x + b for this block's slice of the next chunk's weight: R input rows in `xin` (fp16,
+// row pitch 2K + 16 bytes), epi(slice row, global row, input row, f32 result) per output. Up to
+// DS_TILES tiles of 16 weight rows at once; each warp takes K-steps of 16 (mma m16n8k16: weight
+// rows as A, input rows as the 8 columns of B, loaded once for all tiles), the 15 warps' partial
+// tiles are summed in shared memory. Called by the consumer threads.
 template <class Epi>
-__device__ void ds_gemv(Ring& r, const StepParams& p, Shared& sh, unsigned ring, const char* xin, int phase, float bias,
+__device__ void ds_gemv(Cons& cs, const StepParams& p, Shared& sh, unsigned ring, const char* xin, int phase, float bias,
                         Epi epi) {
-    const Dense d = ds_dense(sh, p.n, r.done);
+    // Partial tiles of the 15 warps: [warp][tile][16 weight rows][RP input rows], RP = rows
+    // rounded up to even (dynamic shared memory after the staged inputs; see FusedStep::ring_bytes).
+    float* red = reinterpret_cast<float*>(const_cast<char*>(xin) + p.rows * (8 * p.n + 16));
+    const int RP = (p.rows + 1) & ~1;
+    const Dense d = ds_dense(sh, p.n, cs.done);
     int r0, nr;
     ds_rows(d.N, r0, nr);
     if ((int)threadIdx.x < nr) sh.bias[threadIdx.x] = bias;
-    if (r.issued == r.done) ds_ring_issue(r, p, sh, ring);  // the ring is empty, so it fits
-    if (p.mode == 1 && DS_HAS_BULK) {
-#if DS_HAS_BULK
-        ds_mbar_wait(ds_smem_addr(&sh.mbar[r.done % DS_FLIGHT]), (r.done / DS_FLIGHT) & 1);
-#endif
-    } else if (p.mode == 0 || p.mode == 1) {
-        ds_cp_async_wait(r.issued - r.done - 1);
+    if (threadIdx.x == 0) {
+        while (*reinterpret_cast<volatile int*>(&sh.ready) <= cs.done) {
+        }
     }
-    __syncthreads();
+    ds_sync();
     ds_mark(p, phase, 1);
-    const int R = p.rows, K = d.K;
+    const int R = p.rows, K = d.K, cap = p.ring_bytes;
     const int pitch = 2 * K + 16;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int ksteps = K >> 4;
@@ -426,115 +477,147 @@ __device__ void ds_gemv(Ring& r, const StepParams& p, Shared& sh, unsigned ring,
     int bm = lane & 7;
     if (bm >= R) bm = 0;  // columns past R: any valid row, their results are dropped
     const unsigned b_base = ds_smem_addr(xin) + bm * pitch + ((lane >> 3) & 1) * 16;
-    for (int t0 = 0; t0 < nr; t0 += 16) {
-        const int row = min(t0 + a_row, nr - 1);  // rows past the slice: a valid row, dropped
-        const int a_base = r.tail + row * pitch + a_col * 2;
-        float c[4] = {0.f, 0.f, 0.f, 0.f};
-        for (int ks = warp; ks < ksteps; ks += DS_WARPS) {
-            int off = a_base + ks * 32;
-            if (off >= r.cap) off -= r.cap;
-            unsigned a0, a1, a2, a3, b0, b1;
-            asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                         : "=r"(a0), "=r"(a1), "=r"(a2), "=r"(a3)
-                         : "r"(ring + off)
-                         : "memory");
+    for (int t0 = 0; t0 < nr; t0 += 16 * DS_TILES) {
+        const int nt = min(DS_TILES, (nr - t0 + 15) >> 4);
+        int a_base[DS_TILES];
+#pragma unroll
+        for (int t = 0; t < DS_TILES; t++) {
+            const int row = min(t0 + 16 * t + a_row, nr - 1);  // rows past the slice: a valid row, dropped
+            a_base[t] = cs.tail + row * pitch + a_col * 2;
+        }
+        float c[DS_TILES][4];
+#pragma unroll
+        for (int t = 0; t < DS_TILES; t++) c[t][0] = c[t][1] = c[t][2] = c[t][3] = 0.f;
+        for (int ks = warp; ks < ksteps; ks += DS_CWARPS) {
+            unsigned b0, b1;
             asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
                          : "=r"(b0), "=r"(b1)
                          : "r"(b_base + ks * 32)
                          : "memory");
-            asm volatile(
-                "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-                "{%0, %1, %2, %3};\n"
-                : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#pragma unroll
+            for (int t = 0; t < DS_TILES; t++) {
+                if (t < nt) {
+                    int off = a_base[t] + ks * 32;
+                    if (off >= cap) off -= cap;
+                    unsigned a0, a1, a2, a3;
+                    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                                 : "=r"(a0), "=r"(a1), "=r"(a2), "=r"(a3)
+                                 : "r"(ring + off)
+                                 : "memory");
+                    asm volatile(
+                        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                        "{%0, %1, %2, %3};\n"
+                        : "+f"(c[t][0]), "+f"(c[t][1]), "+f"(c[t][2]), "+f"(c[t][3])
+                        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+                }
+            }
         }
         // Accumulator layout: c[j] is (row (lane >> 2) + 8 (j >> 1), column 2 (lane & 3) + (j & 1)).
+        // Only the accumulator columns of real input rows (2 (lane & 3) < RP) are kept.
+        if (2 * (lane & 3) < RP) {
 #pragma unroll
-        for (int j = 0; j < 4; j++) sh.red[warp * 128 + lane * 4 + j] = c[j];
-        __syncthreads();
-        if (threadIdx.x < 128) {
-            float v = 0.f;
-#pragma unroll
-            for (int w2 = 0; w2 < DS_WARPS; w2++) v += sh.red[w2 * 128 + threadIdx.x];
-            const int l = threadIdx.x >> 2, j = threadIdx.x & 3;
-            const int orow = t0 + (l >> 2) + (j >> 1) * 8;
-            const int m = (l & 3) * 2 + (j & 1);
-            if (orow < nr && m < R) epi(orow, r0 + orow, m, v + sh.bias[orow]);
+            for (int t = 0; t < DS_TILES; t++) {
+                if (t < nt) {
+                    float* o = red + ((warp * DS_TILES + t) * 16 + (lane >> 2)) * RP + 2 * (lane & 3);
+                    *reinterpret_cast<float2*>(o) = make_float2(c[t][0], c[t][1]);
+                    *reinterpret_cast<float2*>(o + 8 * RP) = make_float2(c[t][2], c[t][3]);
+                }
+            }
         }
-        __syncthreads();
+        ds_sync();
+        ds_mark(p, phase, 2);
+        for (int i = threadIdx.x; i < nt * 16 * R; i += DS_CTHREADS) {
+            const int t = i / (16 * R), e = i - t * 16 * R;
+            const int row = e / R, m = e - row * R;
+            const int orow = t0 + 16 * t + row;
+            if (orow < nr) {
+                float v = 0.f;
+#pragma unroll
+                for (int w2 = 0; w2 < DS_CWARPS; w2++) v += red[((w2 * DS_TILES + t) * 16 + row) * RP + m];
+                epi(orow, r0 + orow, m, v + sh.bias[orow]);
+            }
+        }
+        if (t0 + 16 * DS_TILES < nr) ds_sync();  // red is written again by the next pass
     }
-    ds_mark(p, phase, 2);
-    // Release the chunk and refill the ring.
+    // Release the chunk: every warp's ldmatrix reads of it came before the barrier above.
     const int bytes = nr * pitch;
-    r.tail += bytes;
-    if (r.tail >= r.cap) r.tail -= r.cap;
-    r.used -= bytes;
-    r.done++;
-    ds_ring_issue(r, p, sh, ring);
+    cs.tail += bytes;
+    if (cs.tail >= cap) cs.tail -= cap;
+    cs.pos += bytes;
+    cs.done++;
+    if (threadIdx.x == 0) *reinterpret_cast<volatile int*>(&sh.released) = cs.pos;
 }
 
 // ---- LayerNorm, attention, staging ---------------------------------------------------------
 
 // xin row m (pitch 2n + 16 bytes) = fp16(LN(row m)) for m < rows; the row is x (f32, EMB false)
-// or, for layer 0, the token + position embedding (EMB true). Warps 2m and 2m + 1 take row m,
-// half each, in registers (n <= 2 x 32 lanes x 4 x DS_LN_VEC); every load (x, gamma, beta) is
-// issued before any arithmetic, so the phase pays one memory round trip. Called by all threads.
+// or, for layer 0, the token + position embedding (EMB true). Warps 2i and 2i + 1 take a row,
+// half each, in registers (n <= 2 x 32 lanes x 4 x DS_LN_VEC), 7 rows per pass; every load (x,
+// gamma, beta) of a pass is issued before any arithmetic, so a pass pays one memory round trip.
+// Called by the consumer threads.
 template <bool EMB>
 __device__ void ds_layernorm(const StepParams& p, Shared& sh, const float* g, const float* b, char* xin, int len) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, n = p.n;
-    const int m = warp >> 1, half = warp & 1;
-    const bool active = m < p.rows;
-    float4 v[DS_LN_VEC], gg[DS_LN_VEC], bb[DS_LN_VEC];
+    const int half = warp & 1;
+    for (int m0 = 0; m0 < p.rows; m0 += DS_CWARPS / 2) {
+        if (m0 > 0) ds_sync();  // red_s and red_m of the previous pass are read
+        const int m = m0 + (warp >> 1);
+        const bool active = warp < 2 * (DS_CWARPS / 2) && m < p.rows;
+        float4 v[DS_LN_VEC], gg[DS_LN_VEC], bb[DS_LN_VEC];
 #pragma unroll
-    for (int j = 0; j < DS_LN_VEC; j++) {
-        const int c = ((2 * j + half) * 32 + lane) * 4;
-        v[j] = make_float4(0.f, 0.f, 0.f, 0.f);
-        gg[j] = v[j];
-        bb[j] = v[j];
-        if (active && c < n) {
-            if (EMB) {
-                const uint2 te = *reinterpret_cast<const uint2*>(p.tok_emb + (size_t)sh.tokens[m] * n + c);
-                const uint2 pe = *reinterpret_cast<const uint2*>(p.pos_emb + (size_t)len * n + c);
-                const float2 t0 = __half22float2(*reinterpret_cast<const __half2*>(&te.x));
-                const float2 t1 = __half22float2(*reinterpret_cast<const __half2*>(&te.y));
-                const float2 q0 = __half22float2(*reinterpret_cast<const __half2*>(&pe.x));
-                const float2 q1 = __half22float2(*reinterpret_cast<const __half2*>(&pe.y));
-                v[j] = make_float4(t0.x + q0.x, t0.y + q0.y, t1.x + q1.x, t1.y + q1.y);
-            } else {
-                v[j] = ds_ld_f4(p.x + (size_t)m * n + c);
+        for (int j = 0; j < DS_LN_VEC; j++) {
+            const int c = ((2 * j + half) * 32 + lane) * 4;
+            v[j] = make_float4(0.f, 0.f, 0.f, 0.f);
+            gg[j] = v[j];
+            bb[j] = v[j];
+            if (active && c < n) {
+                if (EMB) {
+                    const uint2 te = *reinterpret_cast<const uint2*>(p.tok_emb + (size_t)sh.tokens[m] * n + c);
+                    const uint2 pe = *reinterpret_cast<const uint2*>(p.pos_emb + (size_t)len * n + c);
+                    const float2 t0 = __half22float2(*reinterpret_cast<const __half2*>(&te.x));
+                    const float2 t1 = __half22float2(*reinterpret_cast<const __half2*>(&te.y));
+                    const float2 q0 = __half22float2(*reinterpret_cast<const __half2*>(&pe.x));
+                    const float2 q1 = __half22float2(*reinterpret_cast<const __half2*>(&pe.y));
+                    v[j] = make_float4(t0.x + q0.x, t0.y + q0.y, t1.x + q1.x, t1.y + q1.y);
+                } else {
+                    v[j] = ds_ld_f4(p.x + (size_t)m * n + c);
+                }
+                gg[j] = __ldg(reinterpret_cast<const float4*>(g + c));
+                bb[j] = __ldg(reinterpret_cast<const float4*>(b + c));
             }
-            gg[j] = __ldg(reinterpret_cast<const float4*>(g + c));
-            bb[j] = __ldg(reinterpret_cast<const float4*>(b + c));
         }
-    }
-    float s = 0.f;
+        float s = 0.f;
 #pragma unroll
-    for (int j = 0; j < DS_LN_VEC; j++) s += (v[j].x + v[j].y) + (v[j].z + v[j].w);
-    s = ds_warp_sum(s);
-    if (lane == 0) sh.red_s[warp] = s;
-    __syncthreads();
-    const float mean = active ? (sh.red_s[2 * m] + sh.red_s[2 * m + 1]) / (float)n : 0.f;
-    float q = 0.f;
+        for (int j = 0; j < DS_LN_VEC; j++) s += (v[j].x + v[j].y) + (v[j].z + v[j].w);
+        s = ds_warp_sum(s);
+        if (lane == 0) sh.red_s[warp] = s;
+        ds_sync();
+        const float mean = active ? (sh.red_s[warp & ~1] + sh.red_s[warp | 1]) / (float)n : 0.f;
+        float q = 0.f;
 #pragma unroll
-    for (int j = 0; j < DS_LN_VEC; j++) {
-        if (((2 * j + half) * 32 + lane) * 4 < n) {
-            const float a = v[j].x - mean, b2 = v[j].y - mean, c = v[j].z - mean, d = v[j].w - mean;
-            q += a * a + b2 * b2 + c * c + d * d;
+        for (int j = 0; j < DS_LN_VEC; j++) {
+            if (((2 * j + half) * 32 + lane) * 4 < n) {
+                const float a = v[j].x - mean, b2 = v[j].y - mean, c = v[j].z - mean, d = v[j].w - mean;
+                q += a * a + b2 * b2 + c * c + d * d;
+            }
         }
-    }
-    q = ds_warp_sum(q);
-    if (lane == 0) sh.red_m[warp] = q;
-    __syncthreads();
-    if (!active) return;
-    const float rstd = 1.f / sqrtf((sh.red_m[2 * m] + sh.red_m[2 * m + 1]) / (float)n + 1e-5f);
-    __half* out = reinterpret_cast<__half*>(xin + m * (2 * n + 16));
+        q = ds_warp_sum(q);
+        if (lane == 0) sh.red_m[warp] = q;
+        ds_sync();
+        if (active) {
+            const float rstd = 1.f / sqrtf((sh.red_m[warp & ~1] + sh.red_m[warp | 1]) / (float)n + 1e-5f);
+            __half* out = reinterpret_cast<__half*>(xin + m * (2 * n + 16));
 #pragma unroll
-    for (int j = 0; j < DS_LN_VEC; j++) {
-        const int c = ((2 * j + half) * 32 + lane) * 4;
-        if (c < n) {
-            __half2* o = reinterpret_cast<__half2*>(out + c);
-            o[0] = __floats2half2_rn((v[j].x - mean) * rstd * gg[j].x + bb[j].x, (v[j].y - mean) * rstd * gg[j].y + bb[j].y);
-            o[1] = __floats2half2_rn((v[j].z - mean) * rstd * gg[j].z + bb[j].z, (v[j].w - mean) * rstd * gg[j].w + bb[j].w);
+            for (int j = 0; j < DS_LN_VEC; j++) {
+                const int c = ((2 * j + half) * 32 + lane) * 4;
+                if (c < n) {
+                    __half2* o = reinterpret_cast<__half2*>(out + c);
+                    o[0] = __floats2half2_rn((v[j].x - mean) * rstd * gg[j].x + bb[j].x,
+                                             (v[j].y - mean) * rstd * gg[j].y + bb[j].y);
+                    o[1] = __floats2half2_rn((v[j].z - mean) * rstd * gg[j].z + bb[j].z,
+                                             (v[j].w - mean) * rstd * gg[j].w + bb[j].w);
+                }
+            }
         }
     }
 }
@@ -543,43 +626,51 @@ __device__ void ds_layernorm(const StepParams& p, Shared& sh, const float* g, co
 // go out in batches of 4 per thread before their stores (one round trip per batch).
 __device__ void ds_stage(const StepParams& p, const __half* src, int K, char* xin) {
     const int per_row = K / 8, total = p.rows * per_row;
-    for (int i0 = threadIdx.x; i0 < total; i0 += 4 * DS_THREADS) {
+    for (int i0 = threadIdx.x; i0 < total; i0 += 4 * DS_CTHREADS) {
         uint4 v[4];
 #pragma unroll
         for (int u = 0; u < 4; u++) {
-            const int i = i0 + u * DS_THREADS;
+            const int i = i0 + u * DS_CTHREADS;
             const int m = i / per_row, c = i - m * per_row;
             if (i < total) v[u] = ds_ld_u4(src + (size_t)m * K + c * 8);
         }
 #pragma unroll
         for (int u = 0; u < 4; u++) {
-            const int i = i0 + u * DS_THREADS;
+            const int i = i0 + u * DS_CTHREADS;
             const int m = i / per_row, c = i - m * per_row;
-            if (i < total) *reinterpret_cast<uint4*>(xin + m * (2 * K + 16) + c * 16) = v[u];
+            if (i < total) *reinterpret_cast<uint4*>(xin + m * (2 * K + 16) + c * 8 * 2) = v[u];
         }
     }
 }
 
-// Splits of each (row, head) over nk keys: as many as keep the work items within one wave of the
-// grid, at least DS_MIN_KEYS keys per split, at most DS_KEYS.
-__device__ __forceinline__ int ds_splits(int nk, int row_heads) {
-    int s = (int)gridDim.x / row_heads;
+// Splits of each (row, head) over nk keys. Self-attention (cache): only as many as DS_KEYS needs
+// (one work item per (row, head) up to DS_KEYS keys: no merge). Cross-attention: as many as keep
+// the work items within one wave of the grid, at least DS_MIN_KEYS keys per split, at most
+// DS_KEYS.
+__device__ __forceinline__ int ds_splits(int nk, int row_heads, bool cross) {
+    int s = cross ? (int)gridDim.x / row_heads : 1;
     s = min(s, (nk + DS_MIN_KEYS - 1) / DS_MIN_KEYS);
     s = max(s, (nk + DS_KEYS - 1) / DS_KEYS);
     return max(1, min(s, DS_SPLITS));
 }
 
+// Whether the cross-attention partials are merged by every block while it stages the cross out
+// projection's input (few rows x heads), instead of by the last split's block.
+__device__ __forceinline__ bool ds_merge_later(const StepParams& p, int S) {
+    return S > 1 && S <= DS_MERGE_S && p.rows * p.n_head * 32 <= 2 * DS_CTHREADS;
+}
+
 // Split sp of a (row, head) is in `base` ([splits][DS_PART], written by this block): count it,
 // and if it was the last split to finish, merge all of them into out[0..64) (fp16) and reset
-// the counter for the next phase (a grid barrier comes first). Called by all threads.
+// the counter for the next phase (a grid barrier comes first). Called by the consumer threads.
 __device__ void ds_finish_split(Shared& sh, const float* base, int splits, unsigned int* cnt_ptr, __half* out) {
     const int tid = threadIdx.x;
-    __syncthreads();
+    ds_sync();
     if (tid == 0) {
         __threadfence();
         sh.last = atomicAdd(cnt_ptr, 1u) == (unsigned)splits - 1;
     }
-    __syncthreads();
+    ds_sync();
     if (sh.last) {
         // Every split's partial is visible: each block fenced before it counted.
         __threadfence();
@@ -596,14 +687,61 @@ __device__ void ds_finish_split(Shared& sh, const float* base, int splits, unsig
         }
         if (tid == 0) *cnt_ptr = 0u;
     }
-    __syncthreads();
+    ds_sync();
+}
+
+// xin row m (pitch 2n + 16 bytes), columns h*64 .. h*64 + 64 = the merged cross-attention output
+// of (row m, head h) from its S partials (p.part, [rows][heads][S][DS_PART]): every (row, head,
+// pair of dims) in two passes, every partial load of both passes issued before any arithmetic
+// (rows x heads x 32 <= 2 x DS_CTHREADS, S <= DS_MERGE_S). Called by the consumer threads.
+__device__ void ds_merge_stage(const StepParams& p, int S, char* xin) {
+    const int n = p.n, total = p.rows * p.n_head * 32;
+    float2 ml[2][DS_MERGE_S], o[2][DS_MERGE_S];
+#pragma unroll
+    for (int u = 0; u < 2; u++) {
+        const int e = threadIdx.x + u * DS_CTHREADS;
+        const int pair = e >> 5, d = (e & 31) * 2;
+        const float* base = p.part + (size_t)pair * S * DS_PART;
+#pragma unroll
+        for (int t = 0; t < DS_MERGE_S; t++) {
+            ml[u][t] = make_float2(DS_NEG_INF, 0.f);
+            o[u][t] = make_float2(0.f, 0.f);
+            if (e < total && t < S) {
+                ml[u][t] = __ldcg(reinterpret_cast<const float2*>(base + t * DS_PART));
+                o[u][t] = __ldcg(reinterpret_cast<const float2*>(base + t * DS_PART + 2 + d));
+            }
+        }
+    }
+#pragma unroll
+    for (int u = 0; u < 2; u++) {
+        const int e = threadIdx.x + u * DS_CTHREADS;
+        if (e < total) {
+            const int pair = e >> 5, d = (e & 31) * 2;
+            const int m = pair / p.n_head, h = pair - m * p.n_head;
+            float M = DS_NEG_INF;
+#pragma unroll
+            for (int t = 0; t < DS_MERGE_S; t++) M = fmaxf(M, ml[u][t].x);
+            float L = 0.f, a = 0.f, b = 0.f;
+#pragma unroll
+            for (int t = 0; t < DS_MERGE_S; t++) {
+                if (t < S) {
+                    const float w = expf(ml[u][t].x - M);  // 0 for an empty split
+                    L += w * ml[u][t].y;
+                    a += w * o[u][t].x;
+                    b += w * o[u][t].y;
+                }
+            }
+            *reinterpret_cast<__half2*>(xin + m * (2 * n + 16) + (h * DS_DH + d) * 2) = __floats2half2_rn(a / L, b / L);
+        }
+    }
 }
 
 // Attention of one query (64 dims) over keys k0 .. k0 + cnt (1 <= cnt <= DS_KEYS). With one
 // split the normalised output goes to out[0..64) (fp16); else the running max, sum of exp and
 // unnormalised output go to split sp of the (row, head)'s partials `base` ([splits][DS_PART]),
-// and the block that completes the last split (counter `cnt_ptr`) merges them into out. Eight threads share
-// a key (16 bytes each); every thread loads its keys and values at once, before any arithmetic.
+// and (cnt_ptr not null) the block that completes the last split merges them into out. Eight
+// threads share a key (16 bytes each); every thread loads its keys and values at once, before any
+// arithmetic. Called by the consumer threads.
 template <bool CACHE>
 __device__ void ds_attend(const StepParams& p, int phase, Shared& sh, const __half* q, const __half* k, const __half* v,
                           long long ld, int k0, int cnt, float* base, int sp, int splits, unsigned int* cnt_ptr,
@@ -614,7 +752,7 @@ __device__ void ds_attend(const StepParams& p, int phase, Shared& sh, const __ha
     uint4 kr[8], vr[8];
 #pragma unroll
     for (int i = 0; i < 8; i++) {
-        const int j = grp + 64 * i;
+        const int j = grp + DS_GROUPS * i;
         kr[i] = make_uint4(0u, 0u, 0u, 0u);
         vr[i] = kr[i];
         if (j < cnt) {
@@ -636,20 +774,20 @@ __device__ void ds_attend(const StepParams& p, int phase, Shared& sh, const __ha
         d += __shfl_xor_sync(0xffffffffu, d, 1);
         d += __shfl_xor_sync(0xffffffffu, d, 2);
         d += __shfl_xor_sync(0xffffffffu, d, 4);
-        s[i] = (grp + 64 * i < cnt) ? d : DS_NEG_INF;
+        s[i] = (grp + DS_GROUPS * i < cnt) ? d : DS_NEG_INF;
         mx = fmaxf(mx, s[i]);
     }
     mx = ds_warp_max(mx);
     if (lane == 0) sh.red_m[warp] = mx;
-    __syncthreads();
+    ds_sync();
     if (phase >= 0) ds_mark(p, phase, 1);
     mx = sh.red_m[0];
 #pragma unroll
-    for (int w = 1; w < DS_WARPS; w++) mx = fmaxf(mx, sh.red_m[w]);
+    for (int w = 1; w < DS_CWARPS; w++) mx = fmaxf(mx, sh.red_m[w]);
     float l = 0.f, acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
 #pragma unroll
     for (int i = 0; i < 8; i++) {
-        if (grp + 64 * i < cnt) {
+        if (grp + DS_GROUPS * i < cnt) {
             const float pr = expf(s[i] - mx);
             l += pr;
             float vf[8];
@@ -670,19 +808,19 @@ __device__ void ds_attend(const StepParams& p, int phase, Shared& sh, const __ha
 #pragma unroll
         for (int e = 0; e < 8; e++) sh.red[warp * DS_DH + lane * 8 + e] = acc[e];
     }
-    __syncthreads();
+    ds_sync();
     if (phase >= 0) ds_mark(p, phase, 2);
     float a = 0.f, sum = 0.f;
     if (tid < DS_DH) {
 #pragma unroll
-        for (int w = 0; w < DS_WARPS; w++) {
+        for (int w = 0; w < DS_CWARPS; w++) {
             a += sh.red[w * DS_DH + tid];
             sum += sh.red_s[w];
         }
     }
     if (splits == 1) {
         if (tid < DS_DH) out[tid] = __float2half_rn(a / sum);
-        __syncthreads();  // red, red_m, red_s are reused by the next item
+        ds_sync();  // red, red_m, red_s are reused by the next item
         return;
     }
     float* mine = base + (size_t)sp * DS_PART;
@@ -691,23 +829,37 @@ __device__ void ds_attend(const StepParams& p, int phase, Shared& sh, const __ha
         mine[0] = mx;
         mine[1] = sum;
     }
-    ds_finish_split(sh, base, splits, cnt_ptr, out);
+    if (cnt_ptr != nullptr) ds_finish_split(sh, base, splits, cnt_ptr, out);
+    else ds_sync();  // red, red_m, red_s are reused by the next item
 }
 
 // Self-attention (cross false: over len + 1 cached keys of the sequence's slot) or cross-attention
 // (over the n_audio_ctx keys of the sequence's utterance) of layer l: work items (row, head,
-// split) spread over the blocks; the result goes to p.att.
+// split) spread over the blocks; the result goes to p.att (or, cross with ds_merge_later, stays
+// in the partials).
 __device__ void ds_attention(const StepParams& p, Shared& sh, int l, bool cross, int len, int phase) {
+    // Rows of each head's inputs the dense phase before produces per layer (q, k, v / q).
+    const unsigned need = (unsigned)(l + 1) * (cross ? DS_DH : 3 * DS_DH);
+    const unsigned int* flags = p.sync + 1 + (cross ? p.n_head : 0);
     const int H = p.n_head, R = p.rows, n = p.n;
     const int nk = cross ? p.n_audio_ctx : len + 1;
-    const int S = ds_splits(nk, R * H);
+    const int S = ds_splits(nk, R * H, cross);
+    const bool later = cross && ds_merge_later(p, S);
     const int ks = (nk + S - 1) / S;
     for (int it = blockIdx.x; it < R * H * S; it += gridDim.x) {
         const int sp = it % S, h = (it / S) % H, m = it / (S * H);
         const int k0 = sp * ks, cnt = min(ks, nk - k0);
+        // This (row, head)'s inputs: wait for the blocks that computed them, not for the grid.
+        if (threadIdx.x == 0) {
+            unsigned v;
+            do {
+                asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(flags + h) : "memory");
+            } while (v < need);
+        }
+        ds_sync();
         const __half* q = p.q + (size_t)m * n + h * DS_DH;
         float* base = p.part + (size_t)(m * H + h) * S * DS_PART;
-        unsigned int* counter = p.sync + 1 + m * H + h;
+        unsigned int* counter = later ? nullptr : p.sync + 1 + 2 * H + m * H + h;
         __half* out = p.att + (size_t)m * n + h * DS_DH;
         if (cnt <= 0) {  // an empty split (S does not divide evenly): contributes nothing
             if (threadIdx.x < DS_DH) base[sp * DS_PART + 2 + threadIdx.x] = 0.f;
@@ -715,7 +867,7 @@ __device__ void ds_attention(const StepParams& p, Shared& sh, int l, bool cross,
                 base[sp * DS_PART] = DS_NEG_INF;
                 base[sp * DS_PART + 1] = 0.f;
             }
-            ds_finish_split(sh, base, S, counter, out);
+            if (counter != nullptr) ds_finish_split(sh, base, S, counter, out);
             continue;
         }
         if (cross) {
@@ -728,6 +880,31 @@ __device__ void ds_attention(const StepParams& p, Shared& sh, int l, bool cross,
                             sp, S, counter, out);
         }
     }
+}
+
+// Mode 0: this block's share of attention inputs into L2 (thread 32): the cross K/V of layer
+// `lc` (keys A*b/G .. A*(b+1)/G of every distinct utterance) and the self-attention cache of
+// layer `ls` (positions len*b/G .. len*(b+1)/G of every row's slot).
+__device__ void ds_prefetch_attn(const StepParams& p, const Shared& sh, int lc, int ls, int len) {
+#if DS_HAS_BULK
+    if (p.mode != 0 || threadIdx.x != 32) return;
+    const int n = p.n;
+    int k0, nk, p0, np;
+    ds_rows(p.n_audio_ctx, k0, nk);
+    ds_rows(len, p0, np);
+    for (int m = 0; m < p.rows; m++) {
+        bool seen = false;
+        for (int m2 = 0; m2 < m; m2++) seen |= sh.cross[m2] == sh.cross[m];
+        if (!seen && lc < p.n_layer) {
+            for (int k = k0; k < k0 + nk; k++) ds_prefetch_l2(sh.cross[m] + (size_t)k * p.kv_ld + (size_t)lc * 2 * n, 4 * n);
+        }
+        if (np > 0 && ls < p.n_layer) {
+            const size_t at = (size_t)ls * p.cache_layer + ((size_t)sh.slots[m] * p.ctx + p0) * n;
+            ds_prefetch_l2(p.k_cache + at, np * n * 2);
+            ds_prefetch_l2(p.v_cache + at, np * n * 2);
+        }
+    }
+#endif
 }
 
 // ---- the kernel -----------------------------------------------------------------------------
@@ -749,24 +926,26 @@ extern "C" __global__ void __launch_bounds__(DS_THREADS, 1) decoder_step(const S
             sh.tokens[threadIdx.x] = p.tokens[threadIdx.x];
             sh.cross[threadIdx.x] = reinterpret_cast<const __half*>(p.cross_table[threadIdx.x]);
         }
-#if DS_HAS_BULK
         if (threadIdx.x == 0) {
-            for (int i = 0; i < DS_FLIGHT; i++) ds_mbar_init(ds_smem_addr(&sh.mbar[i]));
-            asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+            sh.ready = 0;
+            sh.released = 0;
         }
-#endif
         __syncthreads();
     }
-    Ring r = {p.ring_bytes, 0, 0, 0, 0, 0, 6 * p.n_layer, 0};
-    ds_ring_issue(r, p, sh, ring);
+    // From here on the producer warp and the consumer warps never meet at a barrier.
+    if (threadIdx.x >= DS_CTHREADS) {
+        ds_producer(p, sh, ring);
+        return;
+    }
+    Cons cs = {0, 0, 0};
     const int len = *p.len_ptr;
-    ds_prefetch_layer(p, sh, 0, len);
+    ds_prefetch_attn(p, sh, 0, 0, len);
     unsigned int target = 0;
 
     // Phase 0: the embedding into this block's columns of x (the columns its residual adds own).
     int c0, nc;
     ds_rows(n, c0, nc);
-    for (int e = threadIdx.x; e < R * nc; e += DS_THREADS) {
+    for (int e = threadIdx.x; e < R * nc; e += DS_CTHREADS) {
         const int m = e / nc, c = e % nc;
         const float v = __half2float(p.tok_emb[(size_t)sh.tokens[m] * n + c0 + c]) +
                         __half2float(p.pos_emb[(size_t)len * n + c0 + c]);
@@ -779,22 +958,24 @@ extern "C" __global__ void __launch_bounds__(DS_THREADS, 1) decoder_step(const S
         sh.xown[m][i] = y;
         p.x[(size_t)m * n + col] = y;
     };
+    const int S_cross = ds_splits(p.n_audio_ctx, R * p.n_head, true);
+    const bool merge_later = ds_merge_later(p, S_cross);
     ds_mark_clock(p, 0);
     ds_mark(p, 0, 0);
     for (int l = 0; l < p.n_layer; l++) {
         const LayerW& L = sh.layers[l];
         __half* kc = p.k_cache + (size_t)l * p.cache_layer;
         __half* vc = p.v_cache + (size_t)l * p.cache_layer;
-        ds_prefetch_layer(p, sh, l + 1, len);
+        // Cross K/V of this layer (3 phases ahead), the cache of the next (9 phases ahead).
+        ds_prefetch_attn(p, sh, l, l + 1, len);
         // 1: LN1 + QKV; the new key and value go into the cache.
-        float bias = ds_bias(r, p, sh);
+        float bias = ds_bias(cs, p, sh);
         if (l == 0) {
             ds_layernorm<true>(p, sh, L.ln1_g, L.ln1_b, xin, len);
         } else {
             ds_layernorm<false>(p, sh, L.ln1_g, L.ln1_b, xin, len);
         }
-        __syncthreads();
-        ds_gemv(r, p, sh, ring, xin, 8 * l + 0, bias, [&](int, int row, int m, float v) {
+        ds_gemv(cs, p, sh, ring, xin, 8 * l + 0, bias, [&](int, int row, int m, float v) {
             const __half h = __float2half_rn(v);
             if (row < n) {
                 p.q[(size_t)m * n + row] = h;
@@ -805,7 +986,11 @@ extern "C" __global__ void __launch_bounds__(DS_THREADS, 1) decoder_step(const S
             }
         });
         ds_mark(p, 8 * l + 0, 3);
-        ds_barrier(p.sync, target);
+        {
+            int r0, nr;
+            ds_rows(3 * n, r0, nr);
+            ds_signal_heads(p.sync + 1, n, r0, nr);
+        }
         ds_mark(p, 8 * l + 1, 0);
         // 2: self-attention.
         ds_attention(p, sh, l, false, len, 8 * l + 1);
@@ -813,50 +998,50 @@ extern "C" __global__ void __launch_bounds__(DS_THREADS, 1) decoder_step(const S
         ds_barrier(p.sync, target);
         ds_mark(p, 8 * l + 2, 0);
         // 3: out projection into the residual stream.
-        bias = ds_bias(r, p, sh);
+        bias = ds_bias(cs, p, sh);
         ds_stage(p, p.att, n, xin);
-        __syncthreads();
-        ds_gemv(r, p, sh, ring, xin, 8 * l + 2, bias, residual);
+        ds_gemv(cs, p, sh, ring, xin, 8 * l + 2, bias, residual);
         ds_mark(p, 8 * l + 2, 3);
         ds_barrier(p.sync, target);
         ds_mark(p, 8 * l + 3, 0);
         // 4: LN2 + cross-attention query.
-        bias = ds_bias(r, p, sh);
+        bias = ds_bias(cs, p, sh);
         ds_layernorm<false>(p, sh, L.ln2_g, L.ln2_b, xin, len);
-        __syncthreads();
-        ds_gemv(r, p, sh, ring, xin, 8 * l + 3, bias,
+        ds_gemv(cs, p, sh, ring, xin, 8 * l + 3, bias,
                 [&](int, int row, int m, float v) { p.q[(size_t)m * n + row] = __float2half_rn(v); });
         ds_mark(p, 8 * l + 3, 3);
-        ds_barrier(p.sync, target);
+        {
+            int r0, nr;
+            ds_rows(n, r0, nr);
+            ds_signal_heads(p.sync + 1 + p.n_head, n, r0, nr);
+        }
         ds_mark(p, 8 * l + 4, 0);
         // 5: cross-attention.
         ds_attention(p, sh, l, true, len, 8 * l + 4);
         ds_mark(p, 8 * l + 4, 3);
         ds_barrier(p.sync, target);
         ds_mark(p, 8 * l + 5, 0);
-        // 6: cross out projection.
-        bias = ds_bias(r, p, sh);
-        ds_stage(p, p.att, n, xin);
-        __syncthreads();
-        ds_gemv(r, p, sh, ring, xin, 8 * l + 5, bias, residual);
+        // 6: cross out projection (merging the partials first, when that was left to this phase).
+        bias = ds_bias(cs, p, sh);
+        if (merge_later) ds_merge_stage(p, S_cross, xin);
+        else ds_stage(p, p.att, n, xin);
+        ds_gemv(cs, p, sh, ring, xin, 8 * l + 5, bias, residual);
         ds_mark(p, 8 * l + 5, 3);
         ds_barrier(p.sync, target);
         ds_mark(p, 8 * l + 6, 0);
         // 7: LN3 + fc1 + GELU (of the fp16-rounded value, as gelu_f16 after the GEMM).
-        bias = ds_bias(r, p, sh);
+        bias = ds_bias(cs, p, sh);
         ds_layernorm<false>(p, sh, L.ln3_g, L.ln3_b, xin, len);
-        __syncthreads();
-        ds_gemv(r, p, sh, ring, xin, 8 * l + 6, bias, [&](int, int row, int m, float v) {
+        ds_gemv(cs, p, sh, ring, xin, 8 * l + 6, bias, [&](int, int row, int m, float v) {
             p.u[(size_t)m * 4 * n + row] = __float2half_rn(ds_gelu(__half2float(__float2half_rn(v))));
         });
         ds_mark(p, 8 * l + 6, 3);
         ds_barrier(p.sync, target);
         ds_mark(p, 8 * l + 7, 0);
         // 8: fc2 into the residual stream.
-        bias = ds_bias(r, p, sh);
+        bias = ds_bias(cs, p, sh);
         ds_stage(p, p.u, 4 * n, xin);
-        __syncthreads();
-        ds_gemv(r, p, sh, ring, xin, 8 * l + 7, bias, residual);
+        ds_gemv(cs, p, sh, ring, xin, 8 * l + 7, bias, residual);
         ds_mark(p, 8 * l + 7, 3);
         if (l + 1 < p.n_layer) {
             ds_barrier(p.sync, target);

@@ -1,14 +1,14 @@
 //! The fused decoder step: every decoder block of a one-token step for a few sequences in one
 //! persistent kernel (kernels/decoder_step.cu), one block per multiprocessor with grid barriers
-//! between dependent phases and the weights streaming into shared memory ahead of use. It
-//! replaces the ~11 launches per layer of [`super::decoder`]'s step (the final LayerNorm and the
-//! logits stay there).
+//! between dependent phases and the weights streaming into shared memory ahead of use (a
+//! producer warp per block, a bounded number of copies in flight). It replaces the ~11 launches
+//! per layer of [`super::decoder`]'s step (the final LayerNorm and the logits stay there).
 //!
-//! Opt-in (`WHISPER_TRT_FUSED_STEP=1` or [`CudaModel::set_fused`]): on an H100 it is correct but
-//! slower than the launch-by-launch step with CUDA graphs (large-v2, batch 1: 2.96 vs 2.59 ms per
-//! step). Its phases are latency-bound: with no weight traffic at all the 255 grid barriers and
-//! the round trips between them already take 1.69 ms (`WHISPER_TRT_FUSED_PROFILE=1` prints where
-//! the time goes).
+//! Opt-in (`WHISPER_TRT_FUSED_STEP=1` or [`CudaModel::set_fused`]): on an H100 at large-v2 and
+//! batch 1 it takes 2.54-2.58 ms per step against 2.41-2.44 ms for the launch-by-launch step in
+//! CUDA graphs.
+//! Its phases are latency-bound (grid barriers and global round trips between them: 1.75 ms
+//! with no weight traffic at all); `WHISPER_TRT_FUSED_PROFILE=1` prints where the time goes.
 use super::context::{DeviceBuffer, Gpu};
 use super::CudaModel;
 use anyhow::{anyhow, bail, Result};
@@ -23,8 +23,8 @@ const THREADS: u32 = 512;
 /// Attention splits per (row, head) at most, f32 values per partial (`DS_SPLITS`, `DS_PART`).
 const SPLITS: usize = 32;
 const PART: usize = 66;
-/// Keys one attention work item takes at most (`DS_KEYS`).
-const KEYS: usize = 512;
+/// Keys one attention work item takes at most (`DS_KEYS`: 8 x 480 consumer threads / 8).
+const KEYS: usize = 480;
 /// Widest n_state whose LayerNorm rows the kernel keeps in registers (32 x 4 x `DS_LN_VEC`).
 const MAX_STATE: usize = 1280;
 /// Layers, bias values of one block's weight slice, residual columns of one block, at most
@@ -79,10 +79,11 @@ struct StepParams {
 }
 
 /// How the fused step streams its weights (kernel development; see `StepParams` in
-/// decoder_step.cu): `mode` 0 cp.async into shared memory, 1 bulk copies with the DRAM stream
-/// prefetched into L2 (sm_90), 2 none (timing only: results are garbage); `ahead` chunks copied
-/// into shared memory ahead of use (1 to 12); `l2_ahead` chunks prefetched into L2 ahead (mode 1).
-/// Written `mode/ahead/l2_ahead` (`WHISPER_TRT_FUSED_MODE`, the benchmark's `WHISPER_TRT_FUSED_MODES`).
+/// decoder_step.cu): `mode` 0 the producer warp's cp.async with an L2 evict-first policy and L2
+/// prefetch of the next attention inputs, LayerNorm parameters and biases; 1 the same without
+/// the policy and the prefetches; 2 no weights (timing only: results are garbage); `ahead` 4 KB
+/// pieces in flight per block (1 to 12); `l2_ahead` unused. Written `mode/ahead/l2_ahead`
+/// (`WHISPER_TRT_FUSED_MODE`, the benchmark's `WHISPER_TRT_FUSED_MODES`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FusedMode {
     pub mode: i32,
@@ -101,12 +102,10 @@ impl FusedMode {
     }
 }
 
-/// Chunks in shared memory and in L2 ahead of use, by default: cp.async with the ring as full as
-/// it goes measured fastest on an H100 (large-v2, batch 1: 2.96 ms per step, against 3.6 ms with
-/// bulk copies 2 chunks ahead and L2 prefetch 2 to 5 chunks ahead, and 3.42 ms with bulk copies
-/// as far ahead as the ring goes).
+/// The default streaming: mode 0, 4 pieces (16 KB) in flight per block (on an H100, large-v2
+/// batch 1: 2.53 ms, against 2.56 with 2, 3 or 6 pieces, 2.61 with 8 and 2.72 with 12).
 const DEFAULT_MODE: i32 = 0;
-const DEFAULT_AHEAD: i32 = 12;
+const DEFAULT_AHEAD: i32 = 4;
 const DEFAULT_L2_AHEAD: i32 = 0;
 
 /// The decoder's device buffers a step reads and writes (see `DecoderState`).
@@ -133,8 +132,8 @@ pub struct FusedStep {
     func: CudaFunction,
     /// `LayerW` per layer.
     table: DeviceBuffer,
-    /// The grid barrier's counter and the attention split counters, u32 `[1 + rows * heads]`
-    /// (zeroed before every launch).
+    /// The grid barrier's counter, the per-head counters of attention inputs computed and the
+    /// attention split counters, u32 `[1 + 2 heads + rows * heads]` (zeroed before every launch).
     sync: DeviceBuffer,
     /// Attention partials, f32 `[FUSED_MAX_ROWS][n_head][SPLITS][PART]`.
     part: DeviceBuffer,
@@ -230,7 +229,7 @@ impl FusedStep {
             .collect();
         let flat: Vec<u64> = layers.iter().flat_map(|l| l.0).collect();
         let table = gpu.upload(&flat)?;
-        let sync = gpu.alloc((1 + FUSED_MAX_ROWS * c.n_text_head) * 4)?;
+        let sync = gpu.alloc((1 + (2 + FUSED_MAX_ROWS) * c.n_text_head) * 4)?;
         let part = gpu.alloc(FUSED_MAX_ROWS * c.n_text_head * SPLITS * PART * 4)?;
         let prof = match std::env::var("WHISPER_TRT_FUSED_PROFILE").is_ok_and(|v| v == "1") {
             true => Some(gpu.alloc((c.n_text_layer * 8 * 4 + 4) * grid * 8)?),
@@ -257,9 +256,12 @@ impl FusedStep {
         })
     }
 
-    /// Shared memory the staged input rows take; the rest is the weight ring.
+    /// Shared memory the staged input rows and the GEMV's partial tiles (15 warps x `DS_TILES` 3
+    /// tiles x 16 rows x rows rounded up to even, f32) take; the rest is the weight ring (on an
+    /// H100 at large-v2 and one row, 200 KB: a block's fc1 and fc2 slices fit at once).
     fn ring_bytes(&self, rows: usize) -> usize {
-        self.smem.saturating_sub(rows * (8 * self.n + 16)) / 16 * 16
+        let red = 15 * 3 * 16 * rows.next_multiple_of(2) * 4;
+        self.smem.saturating_sub(rows * (8 * self.n + 16) + red) / 16 * 16
     }
 
     /// Whether a one-token step of `rows` sequences fits the kernel.
@@ -311,7 +313,7 @@ impl FusedStep {
             ahead: mode.ahead,
             l2_ahead: mode.l2_ahead,
         };
-        gpu.memset_zero(self.sync.ptr(), (1 + rows * self.n_head) * 4)?;
+        gpu.memset_zero(self.sync.ptr(), (1 + (2 + rows) * self.n_head) * 4)?;
         // Cooperative: the driver refuses the launch rather than let blocks that wait on each
         // other at the grid barrier go unscheduled.
         // SAFETY: zeroed is a valid CUlaunchAttribute (id IGNORE); the fields set are plain data.
@@ -353,7 +355,7 @@ impl FusedStep {
         let mean = |f: &dyn Fn(usize) -> f64| (0..g).map(f).sum::<f64>() / g as f64;
         let names = ["LN1+QKV", "self-attn", "att+out", "LN2+crossQ", "cross-attn", "att+crossout", "LN3+fc1", "fc2"];
         let mut out = String::from(
-            "phase          ready  compute  tail   span  barrier   [us, mean over layers; ready: inputs and weights (attention: keys loaded, scores), compute: GEMV or softmax.V, tail: epilogue/merge to arrival; span: first start to last arrival; barrier: last arrival to first start]\n",
+            "phase          ready  compute  tail   span  barrier   [us, mean over layers; ready: inputs and weights (attention: keys loaded, scores), compute: GEMV products or softmax.V, tail: GEMV sums and epilogue/merge to arrival; span: first start to last arrival; barrier: last arrival to first start]\n",
         );
         let (mut total_span, mut total_bar) = (0.0, 0.0);
         for (j, name) in names.iter().enumerate() {
