@@ -428,16 +428,21 @@ fn kv_cache_and_embedding_kernels_match_cpu() {
     let layer_bytes = (n_slots * ctx * n * 2) as u64;
     let dlen = fx.i32s(&[len as i32]);
     fx.k.kv_append(dqkv.ptr(), dk.ptr() + layer_bytes, dv.ptr() + layer_bytes, ds.ptr(), rows, n, t, dlen.ptr(), ctx).unwrap();
-    let (mut wk, mut wv) = (kc.clone(), vc.clone());
+    // The caches expected after appending the keys and values (columns n..2n, 2n..3n) of `src`.
     let layer = n_slots * ctx * n;
-    for (s, &slot) in slots.iter().enumerate() {
-        for i in 0..t {
-            let row = s * t + i;
-            let dst = layer + (slot as usize * ctx + len + i) * n;
-            wk[dst..dst + n].copy_from_slice(&qkv[row * 3 * n + n..row * 3 * n + 2 * n]);
-            wv[dst..dst + n].copy_from_slice(&qkv[row * 3 * n + 2 * n..row * 3 * n + 3 * n]);
+    let appended = |src: &[f32]| {
+        let (mut k, mut v) = (kc.clone(), vc.clone());
+        for (s, &slot) in slots.iter().enumerate() {
+            for i in 0..t {
+                let row = s * t + i;
+                let dst = layer + (slot as usize * ctx + len + i) * n;
+                k[dst..dst + n].copy_from_slice(&src[row * 3 * n + n..row * 3 * n + 2 * n]);
+                v[dst..dst + n].copy_from_slice(&src[row * 3 * n + 2 * n..row * 3 * n + 3 * n]);
+            }
         }
-    }
+        (k, v)
+    };
+    let (mut wk, mut wv) = appended(&qkv);
     let to64 = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
     let got_k = fx.get_f16(&dk, wk.len());
     let got_v = fx.get_f16(&dv, wv.len());
@@ -454,15 +459,7 @@ fn kv_cache_and_embedding_kernels_match_cpu() {
     let append = KvAppend { k_cache: dk2.ptr() + layer_bytes, v_cache: dv2.ptr() + layer_bytes, slots: ds.ptr(), len: dlen.ptr(), t, ctx };
     fx.k.gemv_kv(dwq.ptr(), dxq.ptr(), None, None, dy.ptr(), rows, 3 * n, k_in, k_in, 3 * n, GemvOut::F16, Some(append), None).unwrap_or_else(|e| panic!("{e:#}"));
     let y = fx.get_f16(&dy, rows * 3 * n);
-    let (mut wk2, mut wv2) = (kc.clone(), vc.clone());
-    for (s, &slot) in slots.iter().enumerate() {
-        for i in 0..t {
-            let row = s * t + i;
-            let dst = layer + (slot as usize * ctx + len + i) * n;
-            wk2[dst..dst + n].copy_from_slice(&y[row * 3 * n + n..row * 3 * n + 2 * n]);
-            wv2[dst..dst + n].copy_from_slice(&y[row * 3 * n + 2 * n..row * 3 * n + 3 * n]);
-        }
-    }
+    let (wk2, wv2) = appended(&y);
     assert_eq!(rel_err(&fx.get_f16(&dk2, wk2.len()), &to64(&wk2)), 0.0, "gemv KV append: keys differ");
     assert_eq!(rel_err(&fx.get_f16(&dv2, wv2.len()), &to64(&wv2)), 0.0, "gemv KV append: values differ");
     println!("gemv KV append: exact");
