@@ -113,9 +113,21 @@ __device__ __forceinline__ void load_tile(unsigned dst, const __half* src, size_
 // multiprocessor at 168 registers (1.084, spills), moving the softmax offset only when a row max
 // grows by more than 2^8 so O is rarely rescaled (1.080), a quarter or half of the exponentials
 // as a polynomial on the FMA pipe (1.101, 1.243 with the previous one).
+// Q stays in shared memory (FA_QSMEM, default): the S products read it there as the A operand
+// (wgmma from two descriptors), which frees the 32 registers a thread held Q in and lets 3 blocks
+// (166 registers, 48 KB) share a multiprocessor instead of 2: 0.925-0.926 ms against
+// 1.057-1.058 for Q in registers in the same run (398 vs 349 TFLOP/s); in the large-v2 encoder at
+// batch 32, 1.163 ms of attention per window against 1.294. Measured and left out, each slower
+// (1.043-1.061 for Q in registers in that run): 256 query rows per block, two warpgroups sharing
+// every K/V tile (1.127; 3 stages 1.161; the warpgroups taking turns through named barriers
+// 1.152), and the same plus a producer warpgroup streaming the tiles with cp.async and full/empty
+// mbarriers, setmaxnreg 40/232 (1.063; 24/240 1.090; turns 1.067).
 static_assert(THREADS == 128 && BQ == 128, "the wgmma path is one warpgroup over two 64-row halves");
+#ifndef FA_QSMEM
+#define FA_QSMEM 1
+#endif
 #ifndef FA_WG_MINB
-#define FA_WG_MINB 2
+#define FA_WG_MINB (FA_QSMEM ? 3 : 2)
 #endif
 
 // Shared-memory matrix descriptor: start address, leading byte offset 16 (unused by these
@@ -152,6 +164,21 @@ __device__ __forceinline__ void wgmma64(float* d, const unsigned* a, unsigned lo
           "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
           "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc), "n"(TB));
+}
+
+// d[64x64] (+)= A[64x16] * B[16x64], both K-major from shared memory (descriptors).
+__device__ __forceinline__ void wgmma64ss(float* d, unsigned long long da, unsigned long long db, int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+        "%32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(da), "l"(db), "r"(acc));
 }
 
 // Online softmax of one half's S (raw scores; row g in elements 0, 1 and row g + 8 in 2, 3 of
@@ -208,6 +235,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, FA_WG_MINB)
     flash_attention(const __half* __restrict__ qkv, __half* __restrict__ out, int T, int n) {
     // [stage][K, V][BK * DH]; 1024-byte aligned tiles, as the 128-byte swizzle requires.
     __shared__ __align__(1024) __half smem[FA_STAGES][2][BK * DH];
+#if FA_QSMEM
+    __shared__ __align__(1024) __half qsm[2][BK * DH];  // the block's 128 query rows, as K tiles
+#endif
 
     const int h = blockIdx.y, b = blockIdx.z;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -219,6 +249,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, FA_WG_MINB)
     const __half* vb = base + 2 * n + h * DH;
     const int ntiles = (T + BK - 1) / BK;
 
+#if FA_QSMEM
+    load_tile(smem_addr(qsm[0]), qb, ld, blockIdx.x * BQ, T, tid);
+    load_tile(smem_addr(qsm[1]), qb, ld, blockIdx.x * BQ + 64, T, tid);
+#endif
 #pragma unroll
     for (int s = 0; s < FA_STAGES - 1; s++) {
         if (s < ntiles) {
@@ -230,6 +264,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, FA_WG_MINB)
 
     // Half hf holds rows blockIdx.x * 128 + hf * 64 + 16 * warp + g (and + 8).
     const int row0 = blockIdx.x * BQ + warp * 16 + g;
+#if !FA_QSMEM
     unsigned qa[2][4][4];
 #pragma unroll
     for (int hf = 0; hf < 2; hf++) {
@@ -243,6 +278,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, FA_WG_MINB)
             qa[hf][kk][3] = r1 < T ? ld_u32(qb + r1 * ld + c + 8) : 0u;
         }
     }
+#endif
 
     float o[2][32];
     float m[2][2], l[2][2];
@@ -255,19 +291,19 @@ extern "C" __global__ void __launch_bounds__(THREADS, FA_WG_MINB)
     }
 
     for (int it = 0; it < ntiles; it++) {
+        const int st = it % FA_STAGES;
         cp_async_wait<FA_STAGES - 2>();
         fence_proxy_async();  // the tile's cp.async writes, visible to the tensor cores' reads
         __syncthreads();      // tile `it` is in, and every wgmma of the stage refilled next is done
         {
             const int nt = it + FA_STAGES - 1;
             if (nt < ntiles) {
-                const int st = nt % FA_STAGES;
-                load_tile(smem_addr(smem[st][0]), kb, ld, nt * BK, T, tid);
-                load_tile(smem_addr(smem[st][1]), vb, ld, nt * BK, T, tid);
+                const int ns = nt % FA_STAGES;
+                load_tile(smem_addr(smem[ns][0]), kb, ld, nt * BK, T, tid);
+                load_tile(smem_addr(smem[ns][1]), vb, ld, nt * BK, T, tid);
             }
             cp_async_commit();
         }
-        const int st = it % FA_STAGES;
         const unsigned ks = smem_addr(smem[st][0]), vs = smem_addr(smem[st][1]);
         const int k0 = it * BK;
 
@@ -277,7 +313,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, FA_WG_MINB)
 #pragma unroll
         for (int hf = 0; hf < 2; hf++) {
 #pragma unroll
-            for (int kk = 0; kk < 4; kk++) wgmma64<0>(s[hf], qa[hf][kk], wg_desc(ks + kk * 32), kk);
+            for (int kk = 0; kk < 4; kk++)
+#if FA_QSMEM
+                wgmma64ss(s[hf], wg_desc(smem_addr(qsm[hf]) + kk * 32), wg_desc(ks + kk * 32), kk);
+#else
+                wgmma64<0>(s[hf], qa[hf][kk], wg_desc(ks + kk * 32), kk);
+#endif
             wg_commit();
         }
         unsigned pa[4][4];
