@@ -322,24 +322,19 @@ extern "C" __global__ void __launch_bounds__(THREADS, FA_WG_MINB)
             wg_commit();
         }
         unsigned pa[4][4];
-        // Half 0: its S is in once at most one group (half 1's S) is pending.
-        wg_wait<1>();
-        reg_fence(s[0]);
-        reg_fence(o[0]);
-        wg_softmax(s[0], o[0], m[0], l[0], pa, k0, T, t);
-        wg_fence();
+        // Half 0's S is in once at most one group (half 1's S) is pending; half 1's once at most
+        // one (half 0's P V) is: each half's softmax runs while the other's MMA does.
 #pragma unroll
-        for (int kk = 0; kk < 4; kk++) wgmma64<1>(o[0], pa[kk], wg_desc(vs + kk * (16 * DH * 2)), 1);
-        wg_commit();
-        // Half 1 while half 0's P V runs.
-        wg_wait<1>();
-        reg_fence(s[1]);
-        reg_fence(o[1]);
-        wg_softmax(s[1], o[1], m[1], l[1], pa, k0, T, t);
-        wg_fence();
+        for (int hf = 0; hf < 2; hf++) {
+            wg_wait<1>();
+            reg_fence(s[hf]);
+            reg_fence(o[hf]);
+            wg_softmax(s[hf], o[hf], m[hf], l[hf], pa, k0, T, t);
+            wg_fence();
 #pragma unroll
-        for (int kk = 0; kk < 4; kk++) wgmma64<1>(o[1], pa[kk], wg_desc(vs + kk * (16 * DH * 2)), 1);
-        wg_commit();
+            for (int kk = 0; kk < 4; kk++) wgmma64<1>(o[hf], pa[kk], wg_desc(vs + kk * (16 * DH * 2)), 1);
+            wg_commit();
+        }
         wg_wait<0>();
         reg_fence(o[0]);
         reg_fence(o[1]);
