@@ -138,11 +138,41 @@ extern "C" __global__ void __launch_bounds__(128) cross_attention(const __half* 
 #define SPLIT 128
 #define PART (DH + 2)
 
-// Partial attention of query q over the nk keys at k (and values at v), rows ldk / ldv apart
-// (global or shared memory); 128 threads. Eight threads share a key (16 bytes each, 8 dims), so
-// a pass covers 16 keys. nk <= 0: an empty split (causal rows shorter than the grid).
-__device__ void attend_part(const __half* __restrict__ q, const __half* k, long long ldk, const __half* v,
-                            long long ldv, int nk, float* __restrict__ part) {
+// The keys and values of one split, in registers: thread (grp, sub) holds dims sub*8..sub*8+7 of
+// keys and values grp, grp + 16, ... (SPLIT / 16 of each). All of them are requested at once, so
+// a split costs one memory round trip instead of one per 16 keys.
+struct SplitKv {
+    uint4 k[SPLIT / 16];
+    uint4 v[SPLIT / 16];
+};
+
+__device__ __forceinline__ void zero_split(SplitKv& kv) {
+#pragma unroll
+    for (int p = 0; p < SPLIT / 16; p++) kv.k[p] = kv.v[p] = make_uint4(0u, 0u, 0u, 0u);
+}
+
+// Loads keys and values lo..hi of a split (rows ldk / ldv apart), leaving the others as they
+// are; 128 threads.
+__device__ __forceinline__ void load_split(const __half* k, long long ldk, const __half* v, long long ldv, int lo,
+                                           int hi, SplitKv& kv) {
+    const int grp = threadIdx.x >> 3, sub = threadIdx.x & 7;
+#pragma unroll
+    for (int p = 0; p < SPLIT / 16; p++) {
+        const int j = p * 16 + grp;
+        if (j >= lo && j < hi) {
+            kv.k[p] = *reinterpret_cast<const uint4*>(k + (size_t)j * ldk + sub * 8);
+            kv.v[p] = *reinterpret_cast<const uint4*>(v + (size_t)j * ldv + sub * 8);
+        }
+    }
+}
+
+// Partial attention of query q over the nk keys and values of `kv` (load_split's); 128 threads.
+// Eight threads share a key (16 bytes each, 8 dims), so a pass covers 16 keys. nk <= 0: an empty
+// split (causal rows shorter than the grid). With `out` (the split is the row's only one), the
+// normalised result goes there (fp16, DH values) instead of a partial to `part`: merge_parts's
+// numbers for one split (weight exp(0) = 1).
+__device__ void attend_part(const __half* __restrict__ q, const SplitKv& kv, int nk, float* __restrict__ part,
+                            __half* __restrict__ out = nullptr) {
     __shared__ float sc[SPLIT];
     __shared__ float qs[DH];
     __shared__ float red[WARPS];
@@ -159,18 +189,16 @@ __device__ void attend_part(const __half* __restrict__ q, const __half* k, long 
     }
     if (tid < DH) qs[tid] = __half2float(q[tid]);
     __syncthreads();
-    // Scores. The loop runs the same passes in every thread, so the shuffles never diverge.
-    for (int base = 0; base < nk; base += 16) {
-        const int j = base + grp;
-        float d = 0.f;
-        if (j < nk) {
-            const uint4 raw = *reinterpret_cast<const uint4*>(k + (size_t)j * ldk + sub * 8);
-            const __half2* h2 = reinterpret_cast<const __half2*>(&raw);
+    // Scores. Every thread runs every pass, so the shuffles never diverge.
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const float2 f = __half22float2(h2[e]);
-                d += qs[sub * 8 + 2 * e] * f.x + qs[sub * 8 + 2 * e + 1] * f.y;
-            }
+    for (int p = 0; p < SPLIT / 16; p++) {
+        const int j = p * 16 + grp;
+        const __half2* h2 = reinterpret_cast<const __half2*>(&kv.k[p]);
+        float d = 0.f;
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const float2 f = __half22float2(h2[e]);
+            d += qs[sub * 8 + 2 * e] * f.x + qs[sub * 8 + 2 * e + 1] * f.y;
         }
         d += __shfl_xor_sync(0xffffffffu, d, 1);
         d += __shfl_xor_sync(0xffffffffu, d, 2);
@@ -201,15 +229,18 @@ __device__ void attend_part(const __half* __restrict__ q, const __half* k, long 
     for (int w = 0; w < WARPS; w++) sum += red[w];
     // P V: each thread accumulates 8 dims over the keys of its group.
     float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    for (int j = grp; j < nk; j += 16) {
-        const float p = sc[j];
-        const uint4 raw = *reinterpret_cast<const uint4*>(v + (size_t)j * ldv + sub * 8);
-        const __half2* h2 = reinterpret_cast<const __half2*>(&raw);
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const float2 f = __half22float2(h2[e]);
-            acc[2 * e] += p * f.x;
-            acc[2 * e + 1] += p * f.y;
+    for (int p = 0; p < SPLIT / 16; p++) {
+        const int j = p * 16 + grp;
+        if (j < nk) {
+            const float pj = sc[j];
+            const __half2* h2 = reinterpret_cast<const __half2*>(&kv.v[p]);
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const float2 f = __half22float2(h2[e]);
+                acc[2 * e] += pj * f.x;
+                acc[2 * e + 1] += pj * f.y;
+            }
         }
     }
 #pragma unroll
@@ -219,9 +250,13 @@ __device__ void attend_part(const __half* __restrict__ q, const __half* k, long 
         float a = 0.f;
 #pragma unroll
         for (int g2 = 0; g2 < 16; g2++) a += acc_s[g2][tid];
+        if (out != nullptr) {
+            out[tid] = __float2half_rn(a / sum);
+            return;
+        }
         part[2 + tid] = a;
     }
-    if (tid == 0) {
+    if (tid == 0 && out == nullptr) {
         part[0] = mx;
         part[1] = sum;
     }
@@ -240,47 +275,71 @@ __device__ __forceinline__ void merge_parts(const float* p, int n_splits, __half
     out[d] = __float2half_rn(o / l);
 }
 
-// After this block wrote its partial result: with a counter, the last of the gridDim.z blocks of
-// (row, head) merges them into out (row stride n) and resets the counter for the next launch.
-__device__ void merge_if_last(const float* part, unsigned* cnt, __half* __restrict__ out, int n) {
+// After this block wrote its partial result: with a counter, the last of the `splits` blocks of
+// (row, head) (partials gridDim.z apart) merges them into out (row stride n) and resets the
+// counter for the next launch.
+__device__ void merge_if_last(const float* part, unsigned* cnt, __half* __restrict__ out, int n, int splits) {
     if (cnt == nullptr) return;
     __shared__ int last;
     const int row = blockIdx.x, h = blockIdx.y;
     const size_t rh = (size_t)row * gridDim.y + h;
     __threadfence();  // this block's partial result is visible before the count says so
     __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(cnt + rh, 1u) == gridDim.z - 1;
+    if (threadIdx.x == 0) last = atomicAdd(cnt + rh, 1u) == (unsigned)splits - 1;
     __syncthreads();
     if (!last) return;
     __threadfence();
-    if (threadIdx.x < DH) merge_parts(part + rh * gridDim.z * PART, gridDim.z, out + (size_t)row * n + h * DH, threadIdx.x);
+    if (threadIdx.x < DH) merge_parts(part + rh * gridDim.z * PART, splits, out + (size_t)row * n + h * DH, threadIdx.x);
     if (threadIdx.x == 0) cnt[rh] = 0u;
 }
 
 // decoder_self_attention over splits: grid (rows, heads, n_splits), 128 threads; part: f32
 // [rows][heads][n_splits][DH + 2]; cnt: u32 [rows][heads] or null (see merge_if_last), out as
-// decoder_self_attention. Other arguments as decoder_self_attention.
+// decoder_self_attention. Other arguments as decoder_self_attention. Only the splits that hold
+// keys of the row take part (the others exit at once); a row with one such split (up to SPLIT
+// positions) writes its result directly, with no partials and no merge. len, the slot table and
+// the cache below position len were written before the step's first kernel (host copies, earlier
+// steps; that kernel is launched without PDL), so those keys and values load before the wait;
+// only the step's own positions (the QKV kernel's append) load after it.
 extern "C" __global__ void __launch_bounds__(128) decoder_self_attention_split(
     const __half* __restrict__ qkv, const __half* __restrict__ k_cache, const __half* __restrict__ v_cache,
     const int* __restrict__ slots, float* __restrict__ part, unsigned* __restrict__ cnt, __half* __restrict__ out,
     int n, int t, const int* __restrict__ len_ptr, int ctx) {
     pdl_launch();
-    pdl_wait();
     const int row = blockIdx.x, h = blockIdx.y, sp = blockIdx.z;
     const int s = row / t, i = row % t;
-    const int n_keys = *len_ptr + i + 1;
-    const int k0 = sp * SPLIT;
-    const size_t base = ((size_t)slots[s] * ctx + k0) * n + h * DH;
+    const int len = *len_ptr;
+    const int n_keys = len + i + 1;
+    const int used = (n_keys + SPLIT - 1) / SPLIT;
+    const int k0 = sp * SPLIT, nk = min(SPLIT, n_keys - k0);
     float* p = part + (((size_t)row * gridDim.y + h) * gridDim.z + sp) * PART;
-    attend_part(qkv + (size_t)row * 3 * n + h * DH, k_cache + base, n, v_cache + base, n, min(SPLIT, n_keys - k0), p);
-    merge_if_last(part, cnt, out, n);
+    SplitKv kv;
+    zero_split(kv);
+    if (sp >= used) {
+        // Without a counter attention_combine merges every split: this one's empty partial.
+        if (cnt == nullptr) attend_part(nullptr, kv, 0, p);
+        return;
+    }
+    const size_t base = ((size_t)slots[s] * ctx + k0) * n + h * DH;
+    const int before = min(nk, len - k0);  // keys of earlier steps
+    load_split(k_cache + base, n, v_cache + base, n, 0, before, kv);
+    pdl_wait();
+    load_split(k_cache + base, n, v_cache + base, n, max(before, 0), nk, kv);
+    const __half* q = qkv + (size_t)row * 3 * n + h * DH;
+    if (cnt != nullptr && used == 1) {
+        attend_part(q, kv, nk, p, out + (size_t)row * n + h * DH);
+        return;
+    }
+    attend_part(q, kv, nk, p);
+    merge_if_last(part, cnt, out, n, used);
 }
 
 // cross_attention over splits: grid (rows, heads, n_splits), 128 threads; part, cnt, out as
 // above. Requires n % 8 == 0 and 16-byte aligned key/value rows. The split's keys and values
-// (written before the step) are requested into the L2 cache before griddepcontrol.wait, so under
-// Programmatic Dependent Launch they load while the query's kernel runs. (Copying them to shared
-// memory instead took 37 KB per block: fewer resident blocks, and slower in isolation, 16.2 vs
+// (written before the step) are loaded into registers before griddepcontrol.wait, so under
+// Programmatic Dependent Launch they arrive while the query's kernel runs. (An earlier version
+// asked L2 for them there and loaded 16 keys per round trip after the wait; copying them to
+// shared memory took 37 KB per block: fewer resident blocks, and slower in isolation, 16.2 vs
 // 11.4 us at 4 rows on the H100.)
 extern "C" __global__ void __launch_bounds__(128) cross_attention_split(const __half* __restrict__ q, int ldq,
                                                                         const unsigned long long* __restrict__ kv_table,
@@ -290,17 +349,16 @@ extern "C" __global__ void __launch_bounds__(128) cross_attention_split(const __
                                                                         __half* __restrict__ out, int n) {
     const int row = blockIdx.x, h = blockIdx.y, sp = blockIdx.z;
     const int k0 = sp * SPLIT, nk = min(SPLIT, n_keys - k0);
-    const __half* kv = cross_kv(kv_table, kv_off, t, row) + (size_t)k0 * ldkv + h * DH;
-    // One 128-byte line of keys and one of values per key (DH fp16).
-    for (int j = threadIdx.x; j < nk; j += blockDim.x) {
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(kv + (size_t)j * ldkv));
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(kv + (size_t)j * ldkv + n));
-    }
+    const __half* kvp = cross_kv(kv_table, kv_off, t, row) + (size_t)k0 * ldkv + h * DH;
+    // The split's keys and values into registers, all at once, before the wait.
+    SplitKv kv;
+    zero_split(kv);
+    load_split(kvp, ldkv, kvp + n, ldkv, 0, nk, kv);
     pdl_launch();
     pdl_wait();
     float* p = part + (((size_t)row * gridDim.y + h) * gridDim.z + sp) * PART;
-    attend_part(q + (size_t)row * ldq + h * DH, kv, ldkv, kv + n, ldkv, nk, p);
-    merge_if_last(part, cnt, out, n);
+    attend_part(q + (size_t)row * ldq + h * DH, kv, nk, p);
+    merge_if_last(part, cnt, out, n, gridDim.z);
 }
 
 // Merges the n_splits partial results of every (row, head): grid (rows, heads), DH threads.

@@ -23,6 +23,84 @@ __device__ __forceinline__ float gemv_warp_sum(float v) {
 
 __device__ __forceinline__ float gemv_gelu(float x) { return 0.5f * x * (1.f + erff(x * 0.70710678118654752f)); }
 
+// LayerNorm (two-pass moments in f32, gamma ln_g, beta ln_b) of the M f32 rows of K at xf into
+// fp16 rows at xs: layernorm_f32_f16's numbers. Warp `warp` of `warps` takes rows warp, warp +
+// warps, ...; K % 128 == 0, K <= 32 * 4 * GEMV_LN_VEC (a row stays in registers).
+__device__ __forceinline__ void gemv_layernorm(const float* __restrict__ xf, const float* __restrict__ ln_g,
+                                               const float* __restrict__ ln_b, float eps, __half* xs, int M, int K,
+                                               int warp, int warps, int lane) {
+    for (int m = warp; m < M; m += warps) {
+        const float4* xr = reinterpret_cast<const float4*>(xf + (size_t)m * K);
+        float4 v[GEMV_LN_VEC];
+        float s = 0.f;
+#pragma unroll
+        for (int j = 0; j < GEMV_LN_VEC; j++) {
+            const int i = j * 32 + lane;
+            v[j] = i * 4 < K ? xr[i] : make_float4(0.f, 0.f, 0.f, 0.f);
+            s += (v[j].x + v[j].y) + (v[j].z + v[j].w);
+        }
+        const float mean = gemv_warp_sum(s) / (float)K;
+        float q = 0.f;
+#pragma unroll
+        for (int j = 0; j < GEMV_LN_VEC; j++) {
+            if ((j * 32 + lane) * 4 < K) {
+                const float a = v[j].x - mean, b = v[j].y - mean, c = v[j].z - mean, d = v[j].w - mean;
+                q += a * a + b * b + c * c + d * d;
+            }
+        }
+        const float rstd = 1.f / sqrtf(gemv_warp_sum(q) / (float)K + eps);
+#pragma unroll
+        for (int j = 0; j < GEMV_LN_VEC; j++) {
+            const int i = (j * 32 + lane) * 4;
+            if (i < K) {
+                const float4 g = *reinterpret_cast<const float4*>(ln_g + i);
+                const float4 b = *reinterpret_cast<const float4*>(ln_b + i);
+                __half2* o = reinterpret_cast<__half2*>(xs + (size_t)m * K + i);
+                o[0] = __floats2half2_rn((v[j].x - mean) * rstd * g.x + b.x, (v[j].y - mean) * rstd * g.y + b.y);
+                o[1] = __floats2half2_rn((v[j].z - mean) * rstd * g.z + b.z, (v[j].w - mean) * rstd * g.w + b.w);
+            }
+        }
+    }
+}
+
+// Output feature n of row m, value v (bias added; old: the residual's value in mode 3), as `mode`
+// says; the QKV mode also appends the key or value to the cache (see gemv_f16).
+__device__ __forceinline__ void gemv_store(void* __restrict__ y, int ldy, int mode, int m, int n, float v, float old,
+                                           int nkv, __half* __restrict__ kc, __half* __restrict__ vc,
+                                           const int* __restrict__ slots, int len, int t, int ctx) {
+    const size_t at = (size_t)m * ldy + n;
+    if (mode == 0) {
+        const __half h = __float2half_rn(v);
+        reinterpret_cast<__half*>(y)[at] = h;
+        if (kc != nullptr && n >= nkv) {
+            const int sq = m / t, i = m - sq * t;
+            const size_t pos = ((size_t)slots[sq] * ctx + len + i) * nkv;
+            if (n < 2 * nkv) kc[pos + n - nkv] = h;
+            else vc[pos + n - 2 * nkv] = h;
+        }
+    } else if (mode == 1) {
+        reinterpret_cast<__half*>(y)[at] = __float2half_rn(gemv_gelu(__half2float(__float2half_rn(v))));
+    } else if (mode == 2) {
+        reinterpret_cast<float*>(y)[at] = v;
+    } else {
+        reinterpret_cast<float*>(y)[at] = old + v;
+    }
+}
+
+// Each block asks the L2 cache for its share of the pf_bytes at pf (16-byte multiple; null: none),
+// the next dense layer's weights, on sm_90 (cp.async.bulk.prefetch: no registers, no shared memory).
+__device__ __forceinline__ void gemv_prefetch_l2(const unsigned char* __restrict__ pf, long long pf_bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (pf == nullptr) return;
+    const long long share = (pf_bytes / gridDim.x + 15) & ~15LL;
+    const long long b1 = min(pf_bytes, share * (blockIdx.x + 1));
+    for (long long o = share * blockIdx.x + threadIdx.x * 4096LL; o < b1; o += blockDim.x * 4096LL) {
+        const unsigned size = (unsigned)min(4096LL, b1 - o);
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(pf + o), "r"(size) : "memory");
+    }
+#endif
+}
+
 // w: fp16 [N][K] (torch layout). bias [N] or null, in the output's type (as cuBLASLt takes it).
 // Input: when ln_g is null, x is fp16 [M][ldx]. Otherwise x is the f32 residual stream [M][K]
 // (K % 128 == 0, K <= 1280) and each block first computes LayerNorm(x) (two-pass moments in
@@ -62,16 +140,7 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, 5)
     // depend on an earlier kernel, so under Programmatic Dependent Launch they are issued before
     // the wait (while the previous kernel finishes); x, y and everything else only after it.
     load(n, lane * 8);
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (pf != nullptr) {
-        const long long share = (pf_bytes / gridDim.x + 15) & ~15LL;
-        const long long b1 = min(pf_bytes, share * (blockIdx.x + 1));
-        for (long long o = share * blockIdx.x + threadIdx.x * 4096LL; o < b1; o += blockDim.x * 4096LL) {
-            const unsigned size = (unsigned)min(4096LL, b1 - o);
-            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(pf + o), "r"(size) : "memory");
-        }
-    }
-#endif
+    gemv_prefetch_l2(pf, pf_bytes);
     // The bias is a weight too: read before the wait (the next column's during a reduction).
     auto bias_of = [&](int c) -> float {
         if (bias == nullptr || c >= N) return 0.f;
@@ -83,39 +152,7 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, 5)
     const __half* x = reinterpret_cast<const __half*>(xin);
     int lx = ldx;
     if (ln_g != nullptr) {
-        const float* xf = reinterpret_cast<const float*>(xin);
-        for (int m = warp; m < M; m += GEMV_WARPS) {
-            const float4* xr = reinterpret_cast<const float4*>(xf + (size_t)m * K);
-            float4 v[GEMV_LN_VEC];
-            float s = 0.f;
-#pragma unroll
-            for (int j = 0; j < GEMV_LN_VEC; j++) {
-                const int i = j * 32 + lane;
-                v[j] = i * 4 < K ? xr[i] : make_float4(0.f, 0.f, 0.f, 0.f);
-                s += (v[j].x + v[j].y) + (v[j].z + v[j].w);
-            }
-            const float mean = gemv_warp_sum(s) / (float)K;
-            float q = 0.f;
-#pragma unroll
-            for (int j = 0; j < GEMV_LN_VEC; j++) {
-                if ((j * 32 + lane) * 4 < K) {
-                    const float a = v[j].x - mean, b = v[j].y - mean, c = v[j].z - mean, d = v[j].w - mean;
-                    q += a * a + b * b + c * c + d * d;
-                }
-            }
-            const float rstd = 1.f / sqrtf(gemv_warp_sum(q) / (float)K + eps);
-#pragma unroll
-            for (int j = 0; j < GEMV_LN_VEC; j++) {
-                const int i = (j * 32 + lane) * 4;
-                if (i < K) {
-                    const float4 g = *reinterpret_cast<const float4*>(ln_g + i);
-                    const float4 b = *reinterpret_cast<const float4*>(ln_b + i);
-                    __half2* o = reinterpret_cast<__half2*>(xs + (size_t)m * K + i);
-                    o[0] = __floats2half2_rn((v[j].x - mean) * rstd * g.x + b.x, (v[j].y - mean) * rstd * g.y + b.y);
-                    o[1] = __floats2half2_rn((v[j].z - mean) * rstd * g.z + b.z, (v[j].w - mean) * rstd * g.w + b.w);
-                }
-            }
-        }
+        gemv_layernorm(reinterpret_cast<const float*>(xin), ln_g, ln_b, eps, xs, M, K, warp, GEMV_WARPS, lane);
         __syncthreads();
         x = xs;
         lx = K;
@@ -170,27 +207,256 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, 5)
             if (m < M) {
                 const float v = gemv_warp_sum(acc[m]) + bn;
                 const float old = __shfl_sync(0xffffffffu, y_old, m);
-                if (lane == 0) {
-                    const size_t at = (size_t)m * ldy + n;
-                    if (mode == 0) {
-                        const __half h = __float2half_rn(v);
-                        reinterpret_cast<__half*>(y)[at] = h;
-                        if (kc != nullptr && n >= nkv) {
-                            const int sq = m / t, i = m - sq * t;
-                            const size_t pos = ((size_t)slots[sq] * ctx + len + i) * nkv;
-                            if (n < 2 * nkv) kc[pos + n - nkv] = h;
-                            else vc[pos + n - 2 * nkv] = h;
-                        }
-                    } else if (mode == 1) {
-                        reinterpret_cast<__half*>(y)[at] = __float2half_rn(gemv_gelu(__half2float(__float2half_rn(v))));
-                    } else if (mode == 2) {
-                        reinterpret_cast<float*>(y)[at] = v;
-                    } else {
-                        reinterpret_cast<float*>(y)[at] = old + v;
+                if (lane == 0) gemv_store(y, ldy, mode, m, n, v, old, nkv, kc, vc, slots, len, t, ctx);
+            }
+        }
+        bn = bn_next;
+    }
+}
+
+// ---- Weights staged in shared memory before the wait (sm_90) ----------------------------------
+// gemv_f16 streams its weights after griddepcontrol.wait, except the first row per warp: under
+// Programmatic Dependent Launch the weight stream stops at every kernel boundary. Here each block
+// owns rpb consecutive output features (one contiguous weight slice, rpb*K*2 bytes) and copies
+// the whole slice to shared memory with bulk copies (cp.async.bulk, no registers) before the
+// wait, so a kernel's weights load while the kernels before it run; after the wait only the
+// input, the FMAs from shared memory and the outputs remain. One block per multiprocessor at
+// most (grid ceil(N / rpb)), little else resident, so the next kernels' blocks still fit.
+// Same arguments and outputs as gemv_f16 (modes, LayerNorm, KV append, prefetch), plus rpb.
+// Dynamic shared memory: rpb*K*2 (weights) + xs_bytes (input rows; 0 = read x from global
+// memory; with LayerNorm fused it must be M*K*2) + rpb*4 (bias), rpb*K*2 + xs_bytes 16-byte
+// aligned. Launch: GT_WARPS * 32 threads.
+#define GT_WARPS 8
+#define GT_CHUNKS 4
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ unsigned gt_smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void gt_wait(unsigned bar, unsigned parity) {
+    unsigned ok = 0;
+    do {
+        asm volatile(
+            "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(ok)
+            : "r"(bar), "r"(parity)
+            : "memory");
+    } while (!ok);
+}
+#endif
+
+extern "C" __global__ void __launch_bounds__(GT_WARPS * 32, 4)
+    gemv_tma_f16(const __half* __restrict__ w, const void* __restrict__ xin, const float* __restrict__ ln_g,
+                 const float* __restrict__ ln_b, float eps, const void* __restrict__ bias, void* __restrict__ y, int M,
+                 int N, int K, int ldx, int ldy, int mode, int rpb, int xs_bytes, __half* __restrict__ kc,
+                 __half* __restrict__ vc, const int* __restrict__ slots, const int* __restrict__ len_ptr, int t,
+                 int ctx, const unsigned char* __restrict__ pf, long long pf_bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    extern __shared__ __align__(128) unsigned char gt_smem[];
+    __shared__ __align__(8) unsigned long long bar[GT_CHUNKS];
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int n0 = blockIdx.x * rpb;
+    const int rows = min(rpb, N - n0);
+    __half* ws = reinterpret_cast<__half*>(gt_smem);
+    __half* xs = ws + (size_t)rpb * K;
+    float* bs = reinterpret_cast<float*>(gt_smem + (size_t)rpb * K * 2 + xs_bytes);
+    // Rows per chunk: the warps start on the first chunk while the later ones still arrive
+    // (when the wait came before the weights did).
+    const int per = (rows + GT_CHUNKS - 1) / GT_CHUNKS;
+    if (tid == 0) {
+#pragma unroll
+        for (int c = 0; c < GT_CHUNKS; c++) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(gt_smem_addr(&bar[c])) : "memory");
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        for (int c = 0; c < GT_CHUNKS; c++) {
+            const int r0 = c * per, r1 = min(rows, r0 + per);
+            if (r0 >= r1) break;  // no row waits on an unarmed chunk
+            const unsigned bytes = (unsigned)(r1 - r0) * (unsigned)K * 2u;
+            const unsigned b = gt_smem_addr(&bar[c]);
+            asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(b), "r"(bytes) : "memory");
+            asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                             gt_smem_addr(ws + (size_t)r0 * K)),
+                         "l"(w + (size_t)(n0 + r0) * K), "r"(bytes), "r"(b)
+                         : "memory");
+        }
+    }
+    gemv_prefetch_l2(pf, pf_bytes);
+    // The bias is a weight too: in shared memory before the wait.
+    for (int r = tid; r < rows; r += blockDim.x) {
+        const int c = n0 + r;
+        bs[r] = bias == nullptr ? 0.f
+                : mode < 2      ? __half2float(reinterpret_cast<const __half*>(bias)[c])
+                                : reinterpret_cast<const float*>(bias)[c];
+    }
+    pdl_launch();
+    pdl_wait();
+    const __half* x = reinterpret_cast<const __half*>(xin);
+    int lx = ldx;
+    if (ln_g != nullptr) {
+        gemv_layernorm(reinterpret_cast<const float*>(xin), ln_g, ln_b, eps, xs, M, K, warp, GT_WARPS, lane);
+        x = xs;
+        lx = K;
+    } else if (xs_bytes > 0) {
+        const int per_row = K >> 3;
+        for (int idx = tid; idx < M * per_row; idx += blockDim.x) {
+            const int m = idx / per_row, c = (idx - m * per_row) * 8;
+            *reinterpret_cast<uint4*>(xs + (size_t)m * K + c) = *reinterpret_cast<const uint4*>(x + (size_t)m * ldx + c);
+        }
+        x = xs;
+        lx = K;
+    }
+    __syncthreads();  // x staged; also publishes the barriers' initialisation and the bias
+    const int len = kc != nullptr ? *len_ptr : 0;
+    const int nkv = N / 3;
+    for (int r = warp; r < rows; r += GT_WARPS) {
+        const int n = n0 + r;
+        const float y_old = (mode == 3 && lane < M) ? reinterpret_cast<const float*>(y)[(size_t)lane * ldy + n] : 0.f;
+        gt_wait(gt_smem_addr(&bar[r / per]), 0u);
+        const __half* wr = ws + (size_t)r * K;
+        float acc[GEMV_MAX_M];
+#pragma unroll
+        for (int m = 0; m < GEMV_MAX_M; m++) acc[m] = 0.f;
+#pragma unroll 4
+        for (int k = lane * 8; k < K; k += 256) {
+            const uint4 wv = *reinterpret_cast<const uint4*>(wr + k);
+            const __half2* w2 = reinterpret_cast<const __half2*>(&wv);
+            float2 wf[4];
+#pragma unroll
+            for (int j = 0; j < 4; j++) wf[j] = __half22float2(w2[j]);
+#pragma unroll
+            for (int m = 0; m < GEMV_MAX_M; m++) {
+                if (m < M) {
+                    const uint4 xv = *reinterpret_cast<const uint4*>(x + (size_t)m * lx + k);
+                    const __half2* x2 = reinterpret_cast<const __half2*>(&xv);
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+                        const float2 xf = __half22float2(x2[j]);
+                        acc[m] = fmaf(wf[j].x, xf.x, acc[m]);
+                        acc[m] = fmaf(wf[j].y, xf.y, acc[m]);
                     }
                 }
             }
         }
-        bn = bn_next;
+        const float bn = bs[r];
+#pragma unroll
+        for (int m = 0; m < GEMV_MAX_M; m++) {
+            if (m < M) {
+                const float v = gemv_warp_sum(acc[m]) + bn;
+                const float old = __shfl_sync(0xffffffffu, y_old, m);
+                if (lane == 0) gemv_store(y, ldy, mode, m, n, v, old, nkv, kc, vc, slots, len, t, ctx);
+            }
+        }
+    }
+#endif
+}
+
+// ---- One input row, weights streamed through a register ring --------------------------------
+// The decode step at batch 1 is a chain of ~260 short kernels, each too short for gemv_f16's
+// warps (one output feature at a time, 2.5 KB in flight per warp at K = 1280) to reach the
+// memory's rate before it ends. gemv1_f16 keeps G1_U 16-byte loads per lane in flight all the way
+// through: each warp owns a contiguous share of rows [r0, r1), and with 16-byte chunk c of lane l
+// of row j at column c*256 + l*8 its weights are one linear stream (item i at w + r0*K + l*8 +
+// i*256), consumed and refilled slot by slot in a ring of G1_U registers, across row ends. The
+// first G1_U items are requested before griddepcontrol.wait (weights never depend on an earlier
+// kernel). Two blocks of G1_WARPS warps per multiprocessor (128 registers a thread: the whole
+// register file) put 128 KB per multiprocessor in flight. H200, large-v2 batch 1 step: 2.01 ms
+// against 2.31-2.34 for gemv_f16 (one block per multiprocessor, which leaves room for the next
+// kernel's blocks to load early under PDL: 2.50; 4 warps: 3.58).
+// Sums in gemv_f16's order (per lane k ascending, the same fmaf sequence, the same warp
+// reduction), so both kernels give the same bits.
+// M = 1 only; K % 256 == 0 and K <= G1_MAX_K; with LayerNorm (x the f32 residual row) K <= 1280.
+// Arguments as gemv_f16 (y row 0 only: no ldx/ldy). Launch: 32 to G1_WARPS * 32 threads (whole
+// warps), any grid.
+#define G1_WARPS 8
+#define G1_U 16
+#define G1_MAX_K 5120
+
+__device__ __forceinline__ float gemv_dot8(const uint4& wv, const uint4& xv, float acc) {
+    const __half2* w2 = reinterpret_cast<const __half2*>(&wv);
+    const __half2* x2 = reinterpret_cast<const __half2*>(&xv);
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const float2 wf = __half22float2(w2[j]);
+        const float2 xf = __half22float2(x2[j]);
+        acc = fmaf(wf.x, xf.x, acc);
+        acc = fmaf(wf.y, xf.y, acc);
+    }
+    return acc;
+}
+
+// The end of row `row` (j-th of the warp's rows): the warp's sum, bias and residual, stored. Kept
+// out of line: the unrolled loop calls it once per row, and inlined G1_U times it costs registers.
+__device__ __noinline__ void gemv1_finish(float s, int j, int row, float bias_lane, float old_lane,
+                                          const void* __restrict__ bias, void* __restrict__ y, int N, int mode,
+                                          int nkv, __half* __restrict__ kc, __half* __restrict__ vc,
+                                          const int* __restrict__ slots, int len, int t, int ctx) {
+    const float v = gemv_warp_sum(s);
+    float bn = 0.f, old = 0.f;
+    if (j < 32) {
+        bn = __shfl_sync(0xffffffffu, bias_lane, j);
+        old = __shfl_sync(0xffffffffu, old_lane, j);
+    } else {
+        if (bias != nullptr)
+            bn = mode < 2 ? __half2float(reinterpret_cast<const __half*>(bias)[row]) : reinterpret_cast<const float*>(bias)[row];
+        if (mode == 3) old = reinterpret_cast<const float*>(y)[row];
+    }
+    if ((threadIdx.x & 31) == 0) gemv_store(y, N, mode, 0, row, v + bn, old, nkv, kc, vc, slots, len, t, ctx);
+}
+
+extern "C" __global__ void __launch_bounds__(G1_WARPS * 32, 2)
+    gemv1_f16(const __half* __restrict__ w, const void* __restrict__ xin, const float* __restrict__ ln_g,
+              const float* __restrict__ ln_b, float eps, const void* __restrict__ bias, void* __restrict__ y, int N,
+              int K, int mode, __half* __restrict__ kc, __half* __restrict__ vc, const int* __restrict__ slots,
+              const int* __restrict__ len_ptr, int t, int ctx) {
+    __shared__ __align__(16) __half xs[G1_MAX_K];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int warps = blockDim.x >> 5;  // G1_WARPS unless a measurement asks for fewer
+    const long long W = (long long)gridDim.x * warps, gw = (long long)blockIdx.x * warps + warp;
+    const int r0 = (int)(N * gw / W), r1 = (int)(N * (gw + 1) / W);
+    const int cpr = K >> 8;
+    const int total = (r1 - r0) * cpr;
+    const __half* ws = w + (size_t)r0 * K + lane * 8;
+    // Weights and bias never depend on an earlier kernel: issued before the wait.
+    uint4 wv[G1_U];
+#pragma unroll
+    for (int u = 0; u < G1_U; u++)
+        wv[u] = u < total ? __ldcs(reinterpret_cast<const uint4*>(ws + (size_t)u * 256)) : make_uint4(0u, 0u, 0u, 0u);
+    auto bias_of = [&](int c) -> float {
+        if (bias == nullptr) return 0.f;
+        return mode < 2 ? __half2float(reinterpret_cast<const __half*>(bias)[c]) : reinterpret_cast<const float*>(bias)[c];
+    };
+    // Lane j holds the bias (and, in mode 3, the residual's old value) of row r0 + j.
+    const float bias_lane = r0 + lane < r1 ? bias_of(r0 + lane) : 0.f;
+    pdl_launch();
+    pdl_wait();
+    if (ln_g != nullptr) {
+        gemv_layernorm(reinterpret_cast<const float*>(xin), ln_g, ln_b, eps, xs, 1, K, warp, warps, lane);
+    } else {
+        const uint4* x8 = reinterpret_cast<const uint4*>(xin);
+        for (int i = threadIdx.x; i < (K >> 3); i += blockDim.x) reinterpret_cast<uint4*>(xs)[i] = x8[i];
+    }
+    float* yf = reinterpret_cast<float*>(y);
+    const float old_lane = (mode == 3 && r0 + lane < r1) ? yf[r0 + lane] : 0.f;
+    const int len = kc != nullptr ? *len_ptr : 0;
+    const int nkv = N / 3;
+    __syncthreads();
+    float s = 0.f;
+    int c = 0, row = r0;
+    for (int base = 0; base < total; base += G1_U) {
+        // Item base + G1_U + u (the refill of slot u) at a constant offset from one pointer.
+        const uint4* ahead = reinterpret_cast<const uint4*>(ws) + (size_t)(base + G1_U) * 32;
+        const int left = total - base - G1_U;
+#pragma unroll
+        for (int u = 0; u < G1_U; u++) {
+            if (base + u < total) {  // the same in every lane
+                const uint4 xv = *reinterpret_cast<const uint4*>(xs + c * 256 + lane * 8);
+                s = gemv_dot8(wv[u], xv, s);
+                if (u < left) wv[u] = __ldcs(ahead + u * 32);
+                if (++c == cpr) {
+                    gemv1_finish(s, row - r0, row, bias_lane, old_lane, bias, y, N, mode, nkv, kc, vc, slots, len, t, ctx);
+                    s = 0.f;
+                    c = 0;
+                    row++;
+                }
+            }
+        }
     }
 }

@@ -7,7 +7,7 @@
 use half::f16;
 use whisper_trt::backends::cuda::context::{DeviceBuffer, Gpu};
 use whisper_trt::backends::cuda::gemm::{pick_tactics, Epilogue, Gemm, GemmShape, Out};
-use whisper_trt::backends::cuda::kernels::{CrossKv, GemvOut, Kernels, KvAppend};
+use whisper_trt::backends::cuda::kernels::{CrossKv, GemvKind, GemvOut, Kernels, KvAppend, DEFAULT_GEMV_KIND};
 use whisper_trt::engine::nvrtc;
 
 const TOL: f64 = 2e-3;
@@ -351,11 +351,12 @@ fn split_decoder_attention_matches_cpu() {
     let mut r = Rng::new("split_attention");
     let n = 128;
     let heads = n / 64;
-    // Self-attention with a long and a short history: several splits, some of them empty.
+    // Self-attention with a long and a short history: several splits, some of them empty (127:
+    // the first row of each sequence has one split, the second two).
     let (n_seq, t, ctx, n_slots) = (2usize, 2usize, 448usize, 3usize);
     let slots = [2i32, 0];
     let splits = ctx.div_ceil(SPLIT_KEYS);
-    for len in [300usize, 5] {
+    for len in [300usize, 5, 127] {
         let rows = n_seq * t;
         let qkv = r.vec16(rows * 3 * n, 0.5);
         let kc = r.vec16(n_slots * ctx * n, 2.0);
@@ -454,15 +455,23 @@ fn kv_cache_and_embedding_kernels_match_cpu() {
     // own fp16 outputs (columns n..2n and 2n..3n) exactly; the other slots are left alone.
     let k_in = 256;
     let (wq, xq) = (r.vec16(3 * n * k_in, 0.1), r.vec16(rows * k_in, 1.0));
-    let (dwq, dxq, dy) = (fx.f16s(&wq), fx.f16s(&xq), fx.poison(rows * 3 * n * 2));
-    let (dk2, dv2) = (fx.f16s(&kc), fx.f16s(&vc));
-    let append = KvAppend { k_cache: dk2.ptr() + layer_bytes, v_cache: dv2.ptr() + layer_bytes, slots: ds.ptr(), len: dlen.ptr(), t, ctx };
-    fx.k.gemv_kv(dwq.ptr(), dxq.ptr(), None, None, dy.ptr(), rows, 3 * n, k_in, k_in, 3 * n, GemvOut::F16, Some(append), None).unwrap_or_else(|e| panic!("{e:#}"));
-    let y = fx.get_f16(&dy, rows * 3 * n);
-    let (wk2, wv2) = appended(&y);
-    assert_eq!(rel_err(&fx.get_f16(&dk2, wk2.len()), &to64(&wk2)), 0.0, "gemv KV append: keys differ");
-    assert_eq!(rel_err(&fx.get_f16(&dv2, wv2.len()), &to64(&wv2)), 0.0, "gemv KV append: values differ");
-    println!("gemv KV append: exact");
+    let (dwq, dxq) = (fx.f16s(&wq), fx.f16s(&xq));
+    // Every GEMV kernel the GPU has (the one-row kernel at one row only).
+    for kind in [GemvKind::Warp, GemvKind::Shared, GemvKind::Stream] {
+        if !fx.k.set_gemv_kind(kind) {
+            continue;
+        }
+        let dy = fx.poison(rows * 3 * n * 2);
+        let (dk2, dv2) = (fx.f16s(&kc), fx.f16s(&vc));
+        let append = KvAppend { k_cache: dk2.ptr() + layer_bytes, v_cache: dv2.ptr() + layer_bytes, slots: ds.ptr(), len: dlen.ptr(), t, ctx };
+        fx.k.gemv_kv(dwq.ptr(), dxq.ptr(), None, None, dy.ptr(), rows, 3 * n, k_in, k_in, 3 * n, GemvOut::F16, Some(append), None).unwrap_or_else(|e| panic!("{e:#}"));
+        let y = fx.get_f16(&dy, rows * 3 * n);
+        let (wk2, wv2) = appended(&y);
+        assert_eq!(rel_err(&fx.get_f16(&dk2, wk2.len()), &to64(&wk2)), 0.0, "gemv KV append ({kind:?}): keys differ");
+        assert_eq!(rel_err(&fx.get_f16(&dv2, wv2.len()), &to64(&wv2)), 0.0, "gemv KV append ({kind:?}): values differ");
+        println!("gemv KV append ({kind:?}): exact");
+    }
+    fx.k.set_gemv_kind(DEFAULT_GEMV_KIND);
 
     // Copy the filled positions (0..len+t) of slot 4 into slot 0 and of slot 1 into slot 3.
     let filled = len + t;
@@ -540,7 +549,7 @@ fn gemv_matches_cpu() {
     let fx = fixture();
     let mut r = Rng::new("gemv");
     let outs = [GemvOut::F16, GemvOut::F16Gelu, GemvOut::F32, GemvOut::F32Add];
-    for (m, n, k, ln) in [(1, 1000, 384, true), (3, 1280, 1280, true), (8, 517, 1280, false), (5, 384, 1536, false), (1, 2560, 5120, false), (2, 96, 640, true)] {
+    for (m, n, k, ln) in [(1, 1000, 384, true), (3, 1280, 1280, true), (8, 517, 1280, false), (5, 384, 1536, false), (1, 2560, 5120, false), (2, 96, 640, true), (1, 5120, 1280, true), (4, 1280, 5120, false), (1, 1280, 5120, false), (1, 3840, 1280, true), (1, 51865, 1280, false), (1, 700, 512, false)] {
         for (o, &out) in outs.iter().enumerate() {
             let f16_out = matches!(out, GemvOut::F16 | GemvOut::F16Gelu);
             let w = r.vec16(n * k, 1.0 / (k as f32).sqrt());
@@ -567,14 +576,32 @@ fn gemv_matches_cpu() {
             let dx = if ln { fx.f32s(&xs) } else { fx.f16s(&xs) };
             let (dw, dg, dbe) = (fx.f16s(&w), fx.f32s(&g), fx.f32s(&be));
             let db = if f16_out { fx.f16s(&bias) } else { fx.f32s(&bias) };
-            let dy = match out {
-                GemvOut::F32Add => fx.f32s(&y0),
-                GemvOut::F32 => fx.poison(m * n * 4),
-                _ => fx.poison(m * n * 2),
-            };
             let lnp = ln.then(|| (dg.ptr(), dbe.ptr()));
             let b = with_bias.then(|| db.ptr());
-            fx.k.gemv(dw.ptr(), dx.ptr(), lnp, b, dy.ptr(), m, n, k, k, n, out).unwrap_or_else(|e| panic!("{e:#}"));
+            // Every kernel (gemv_f16; on sm_90 the shared-memory one where the slice fits and the
+            // one-row one at one row, K % 256 == 0): the same sums in the same order, so the same bits.
+            let mut first: Option<Vec<f32>> = None;
+            for kind in [GemvKind::Warp, GemvKind::Shared, GemvKind::Stream] {
+                if !fx.k.set_gemv_kind(kind) {
+                    continue;
+                }
+                let dy = match out {
+                    GemvOut::F32Add => fx.f32s(&y0),
+                    GemvOut::F32 => fx.poison(m * n * 4),
+                    _ => fx.poison(m * n * 2),
+                };
+                fx.k.gemv(dw.ptr(), dx.ptr(), lnp, b, dy.ptr(), m, n, k, k, n, out).unwrap_or_else(|e| panic!("{e:#}"));
+                let got = if f16_out { fx.get_f16(&dy, m * n) } else { fx.get_f32(&dy, m * n) };
+                match &first {
+                    None => first = Some(got),
+                    Some(f) => assert!(
+                        f.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "gemv {m}x{n}x{k} {out:?} layernorm {ln}: {kind:?}'s outputs differ from gemv_f16's"
+                    ),
+                }
+            }
+            fx.k.set_gemv_kind(DEFAULT_GEMV_KIND);
+            let got = first.expect("gemv_f16 ran");
             let mut want = vec![0f64; m * n];
             for i in 0..m {
                 for j in 0..n {
@@ -589,7 +616,6 @@ fn gemv_matches_cpu() {
                     };
                 }
             }
-            let got = if f16_out { fx.get_f16(&dy, m * n) } else { fx.get_f32(&dy, m * n) };
             check(&format!("gemv {m}x{n}x{k} {out:?} layernorm {ln} bias {with_bias}"), &got, &want);
         }
     }
