@@ -457,7 +457,7 @@ fn kv_cache_and_embedding_kernels_match_cpu() {
     let (wq, xq) = (r.vec16(3 * n * k_in, 0.1), r.vec16(rows * k_in, 1.0));
     let (dwq, dxq) = (fx.f16s(&wq), fx.f16s(&xq));
     // Every GEMV kernel the GPU has (the one-row kernel at one row only).
-    for kind in [GemvKind::Warp, GemvKind::Shared, GemvKind::Stream] {
+    for kind in [GemvKind::Warp, GemvKind::Shared, GemvKind::Stream, GemvKind::StreamAsync] {
         if !fx.k.set_gemv_kind(kind) {
             continue;
         }
@@ -581,7 +581,7 @@ fn gemv_matches_cpu() {
             // Every kernel (gemv_f16; on sm_90 the shared-memory one where the slice fits and the
             // one-row one at one row, K % 256 == 0): the same sums in the same order, so the same bits.
             let mut first: Option<Vec<f32>> = None;
-            for kind in [GemvKind::Warp, GemvKind::Shared, GemvKind::Stream] {
+            for kind in [GemvKind::Warp, GemvKind::Shared, GemvKind::Stream, GemvKind::StreamAsync] {
                 if !fx.k.set_gemv_kind(kind) {
                     continue;
                 }

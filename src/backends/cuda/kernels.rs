@@ -20,7 +20,7 @@ pub const SPLIT_KEYS: usize = 128;
 pub const SPLIT_PART: usize = D_HEAD + 2;
 
 /// Every kernel: (file stem, kernel name).
-pub const FUNCTIONS: [(&str, &str); 20] = [
+pub const FUNCTIONS: [(&str, &str); 21] = [
     ("layernorm", "layernorm_f32_f16"),
     ("conv", "im2col_conv1"),
     ("conv", "im2col_conv2_gelu"),
@@ -40,6 +40,7 @@ pub const FUNCTIONS: [(&str, &str); 20] = [
     ("gemv", "gemv_f16"),
     ("gemv", "gemv_tma_f16"),
     ("gemv", "gemv1_f16"),
+    ("gemv", "gemv1_async_f16"),
     ("decoder_step", "decoder_step"),
 ];
 
@@ -65,6 +66,8 @@ const GT_SMEM: usize = 112 << 10;
 const G1_WARPS: usize = 8;
 /// The widest input the one-row streaming GEMV takes (`G1_MAX_K`).
 const G1_MAX_K: usize = 5120;
+/// Bytes of the shared-memory ring per warp of gemv1_async_f16 (`G1A_DEPTH` x 512).
+const G1A_RING: usize = 24 * 512;
 
 /// Which kernel [`Kernels::gemv_kv`] runs where more than one can (kernels/gemv.cu).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,21 +80,26 @@ pub enum GemvKind {
     /// gemv1_f16: one row, one block per multiprocessor streaming its weights through a
     /// register ring that fills before the PDL wait (sm_90).
     Stream,
+    /// gemv1_async_f16: gemv1_f16 with its ring in shared memory (cp.async), deeper (sm_90).
+    StreamAsync,
 }
 
-/// The GEMV kernel on sm_90 unless `WHISPER_TRT_GEMV_KIND` says otherwise. The shared-memory
-/// kernel measured slower than gemv_f16 (H200, large-v2 batch 1, CUDA-graph step: 3.29 against
-/// 2.33 ms, two runs each, `whisper-trt bench --engine ... --batch 1,4,8` with
-/// WHISPER_TRT_GEMV_TMA=1/0 at the commit that added it).
-pub const DEFAULT_GEMV_KIND: GemvKind = GemvKind::Stream;
+/// The GEMV kernel on sm_90 unless `WHISPER_TRT_GEMV_KIND` says otherwise. H200, large-v2
+/// batch 1, CUDA-graph step (`whisper-trt bench --engine ... --batch 1`, two runs each, the
+/// kinds in the same run): async 1.747 / 1.756 ms, stream 1.829 / 1.827 (async with one block
+/// per multiprocessor: 1.883 / 1.890); in an earlier run stream 2.007 / 1.995 against warp
+/// 2.313 / 2.330, and shared (weights bulk-copied to shared memory before the PDL wait) 3.29
+/// against warp 2.33. Every kind gives the same bits.
+pub const DEFAULT_GEMV_KIND: GemvKind = GemvKind::StreamAsync;
 
 impl GemvKind {
-    /// `warp`, `shared` or `stream` (`WHISPER_TRT_GEMV_KIND`).
+    /// `warp`, `shared`, `stream` or `async` (`WHISPER_TRT_GEMV_KIND`).
     pub fn parse(s: &str) -> Option<Self> {
         match s.trim() {
             "warp" => Some(GemvKind::Warp),
             "shared" => Some(GemvKind::Shared),
             "stream" => Some(GemvKind::Stream),
+            "async" => Some(GemvKind::StreamAsync),
             _ => None,
         }
     }
@@ -165,6 +173,7 @@ pub struct Kernels {
     gemv_f16: CudaFunction,
     gemv_tma_f16: CudaFunction,
     gemv1_f16: CudaFunction,
+    gemv1_async_f16: CudaFunction,
     /// The fused decoder step (launched by step.rs).
     pub(super) decoder_step: CudaFunction,
     /// GEMV blocks resident at once (4 per multiprocessor, which leaves room for the next
@@ -314,6 +323,7 @@ impl Kernels {
             decoder_step: f("decoder_step", "decoder_step")?,
             gemv_tma_f16: f("gemv", "gemv_tma_f16")?,
             gemv1_f16: f("gemv", "gemv1_f16")?,
+            gemv1_async_f16: f("gemv", "gemv1_async_f16")?,
             gemv_wave: std::env::var("WHISPER_TRT_GEMV_WAVE").ok().and_then(|v| v.parse::<usize>().ok()).map_or(4, |w| w.max(1)) * sms,
             gemv_xs: std::env::var("WHISPER_TRT_GEMV_SMEM").ok().and_then(|v| v.parse::<usize>().ok()).map_or(GEMV_XS, |kib| kib << 10),
             sms,
@@ -338,6 +348,7 @@ impl Kernels {
                 &k.gemv_f16,
                 &k.gemv_tma_f16,
                 &k.gemv1_f16,
+                &k.gemv1_async_f16,
                 &k.decoder_self_attention,
                 &k.decoder_self_attention_split,
                 &k.cross_attention,
@@ -351,6 +362,9 @@ impl Kernels {
             }
         }
         if k.pdl_ok {
+            k.gemv1_async_f16
+                .set_attribute(sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (G1_WARPS * G1A_RING) as i32)
+                .map_err(|e| anyhow!("cannot give the one-row GEMV its shared-memory ring: {e:?}"))?;
             k.gemv_tma_f16
                 .set_attribute(sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, k.gemv_tma_smem as i32)
                 .map_err(|e| anyhow!("cannot give the shared-memory GEMV {} KiB of shared memory: {e:?}", k.gemv_tma_smem >> 10))?;
@@ -723,13 +737,18 @@ impl Kernels {
         let (pf, pf_bytes) = prefetch.map_or((0, 0i64), |(a, b)| (a, (b / 16 * 16) as i64));
         let kind = self.gemv_kind.get();
         // The one-row streaming GEMV (see gemv1_f16).
-        if kind == GemvKind::Stream && m == 1 && k.is_multiple_of(256) && k <= G1_MAX_K && w.is_multiple_of(16) {
+        if matches!(kind, GemvKind::Stream | GemvKind::StreamAsync) && m == 1 && k.is_multiple_of(256) && k <= G1_MAX_K && w.is_multiple_of(16) {
+            let ring = if kind == GemvKind::StreamAsync { self.gemv1_warps * G1A_RING } else { 0 };
             let cfg = LaunchConfig {
                 grid_dim: ((self.sms * self.gemv1_blocks) as u32, 1, 1),
                 block_dim: ((self.gemv1_warps * 32) as u32, 1, 1),
-                shared_mem_bytes: 0,
+                shared_mem_bytes: ring as u32,
             };
-            return launch!(self, gemv1_f16, "gemv1_f16", cfg, [&w, &x, &g, &b, &eps, &bias, &y, &nn, &kk, &mode, &kc, &vc, &sl, &ln_ptr, &tt, &cc]);
+            return if kind == GemvKind::StreamAsync {
+                launch!(self, gemv1_async_f16, "gemv1_async_f16", cfg, [&w, &x, &g, &b, &eps, &bias, &y, &nn, &kk, &mode, &kc, &vc, &sl, &ln_ptr, &tt, &cc])
+            } else {
+                launch!(self, gemv1_f16, "gemv1_f16", cfg, [&w, &x, &g, &b, &eps, &bias, &y, &nn, &kk, &mode, &kc, &vc, &sl, &ln_ptr, &tt, &cc])
+            };
         }
         // The shared-memory GEMV: each block's slice of rpb features (and the input rows, bias) in
         // shared memory, one block per multiprocessor.
