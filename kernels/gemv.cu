@@ -23,6 +23,29 @@ __device__ __forceinline__ float gemv_warp_sum(float v) {
 
 __device__ __forceinline__ float gemv_gelu(float x) { return 0.5f * x * (1.f + erff(x * 0.70710678118654752f)); }
 
+// acc[m] += the 8 fp16 weights in wv times row m's 8 inputs at column k of x (row stride lx), for
+// rows m < M: every GEMV kernel's inner step, in one order (so they all give the same bits).
+__device__ __forceinline__ void gemv_fma_rows(const uint4& wv, const __half* x, int lx, int k, int M,
+                                              float (&acc)[GEMV_MAX_M]) {
+    const __half2* w2 = reinterpret_cast<const __half2*>(&wv);
+    float2 wf[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) wf[j] = __half22float2(w2[j]);
+#pragma unroll
+    for (int m = 0; m < GEMV_MAX_M; m++) {
+        if (m < M) {
+            const uint4 xv = *reinterpret_cast<const uint4*>(x + (size_t)m * lx + k);
+            const __half2* x2 = reinterpret_cast<const __half2*>(&xv);
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const float2 xf = __half22float2(x2[j]);
+                acc[m] = fmaf(wf[j].x, xf.x, acc[m]);
+                acc[m] = fmaf(wf[j].y, xf.y, acc[m]);
+            }
+        }
+    }
+}
+
 // LayerNorm (two-pass moments in f32, gamma ln_g, beta ln_b) of the M f32 rows of K at xf into
 // fp16 rows at xs: layernorm_f32_f16's numbers. Warp `warp` of `warps` takes rows warp, warp +
 // warps, ...; K % 128 == 0, K <= 32 * 4 * GEMV_LN_VEC (a row stays in registers).
@@ -180,23 +203,7 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, 5)
             for (int u = 0; u < GEMV_U; u++) {
                 const int k = k0 + u * 256;
                 if (k >= K) break;
-                const __half2* w2 = reinterpret_cast<const __half2*>(&wv[u]);
-                float2 wf[4];
-#pragma unroll
-                for (int j = 0; j < 4; j++) wf[j] = __half22float2(w2[j]);
-#pragma unroll
-                for (int m = 0; m < GEMV_MAX_M; m++) {
-                    if (m < M) {
-                        const uint4 xv = *reinterpret_cast<const uint4*>(x + (size_t)m * lx + k);
-                        const __half2* x2 = reinterpret_cast<const __half2*>(&xv);
-#pragma unroll
-                        for (int j = 0; j < 4; j++) {
-                            const float2 xf = __half22float2(x2[j]);
-                            acc[m] = fmaf(wf[j].x, xf.x, acc[m]);
-                            acc[m] = fmaf(wf[j].y, xf.y, acc[m]);
-                        }
-                    }
-                }
+                gemv_fma_rows(wv[u], x, lx, k, M, acc);
             }
         }
         // The next column's first weights load during this one's reduction.
@@ -214,159 +221,32 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, 5)
     }
 }
 
-// ---- Weights staged in shared memory before the wait (sm_90) ----------------------------------
-// gemv_f16 streams its weights after griddepcontrol.wait, except the first row per warp: under
-// Programmatic Dependent Launch the weight stream stops at every kernel boundary. Here each block
-// owns rpb consecutive output features (one contiguous weight slice, rpb*K*2 bytes) and copies
-// the whole slice to shared memory with bulk copies (cp.async.bulk, no registers) before the
-// wait, so a kernel's weights load while the kernels before it run; after the wait only the
-// input, the FMAs from shared memory and the outputs remain. One block per multiprocessor at
-// most (grid ceil(N / rpb)), little else resident, so the next kernels' blocks still fit.
-// Same arguments and outputs as gemv_f16 (modes, LayerNorm, KV append, prefetch), plus rpb.
-// Dynamic shared memory: rpb*K*2 (weights) + xs_bytes (input rows; 0 = read x from global
-// memory; with LayerNorm fused it must be M*K*2) + rpb*4 (bias), rpb*K*2 + xs_bytes 16-byte
-// aligned. Launch: GT_WARPS * 32 threads.
-#define GT_WARPS 8
-#define GT_CHUNKS 4
-
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-__device__ __forceinline__ unsigned gt_smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
-
-__device__ __forceinline__ void gt_wait(unsigned bar, unsigned parity) {
-    unsigned ok = 0;
-    do {
-        asm volatile(
-            "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
-            : "=r"(ok)
-            : "r"(bar), "r"(parity)
-            : "memory");
-    } while (!ok);
-}
-#endif
-
-extern "C" __global__ void __launch_bounds__(GT_WARPS * 32, 4)
-    gemv_tma_f16(const __half* __restrict__ w, const void* __restrict__ xin, const float* __restrict__ ln_g,
-                 const float* __restrict__ ln_b, float eps, const void* __restrict__ bias, void* __restrict__ y, int M,
-                 int N, int K, int ldx, int ldy, int mode, int rpb, int xs_bytes, __half* __restrict__ kc,
-                 __half* __restrict__ vc, const int* __restrict__ slots, const int* __restrict__ len_ptr, int t,
-                 int ctx, const unsigned char* __restrict__ pf, long long pf_bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    extern __shared__ __align__(128) unsigned char gt_smem[];
-    __shared__ __align__(8) unsigned long long bar[GT_CHUNKS];
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    const int n0 = blockIdx.x * rpb;
-    const int rows = min(rpb, N - n0);
-    __half* ws = reinterpret_cast<__half*>(gt_smem);
-    __half* xs = ws + (size_t)rpb * K;
-    float* bs = reinterpret_cast<float*>(gt_smem + (size_t)rpb * K * 2 + xs_bytes);
-    // Rows per chunk: the warps start on the first chunk while the later ones still arrive
-    // (when the wait came before the weights did).
-    const int per = (rows + GT_CHUNKS - 1) / GT_CHUNKS;
-    if (tid == 0) {
-#pragma unroll
-        for (int c = 0; c < GT_CHUNKS; c++) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(gt_smem_addr(&bar[c])) : "memory");
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-        for (int c = 0; c < GT_CHUNKS; c++) {
-            const int r0 = c * per, r1 = min(rows, r0 + per);
-            if (r0 >= r1) break;  // no row waits on an unarmed chunk
-            const unsigned bytes = (unsigned)(r1 - r0) * (unsigned)K * 2u;
-            const unsigned b = gt_smem_addr(&bar[c]);
-            asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(b), "r"(bytes) : "memory");
-            asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                             gt_smem_addr(ws + (size_t)r0 * K)),
-                         "l"(w + (size_t)(n0 + r0) * K), "r"(bytes), "r"(b)
-                         : "memory");
-        }
-    }
-    gemv_prefetch_l2(pf, pf_bytes);
-    // The bias is a weight too: in shared memory before the wait.
-    for (int r = tid; r < rows; r += blockDim.x) {
-        const int c = n0 + r;
-        bs[r] = bias == nullptr ? 0.f
-                : mode < 2      ? __half2float(reinterpret_cast<const __half*>(bias)[c])
-                                : reinterpret_cast<const float*>(bias)[c];
-    }
-    pdl_launch();
-    pdl_wait();
-    const __half* x = reinterpret_cast<const __half*>(xin);
-    int lx = ldx;
-    if (ln_g != nullptr) {
-        gemv_layernorm(reinterpret_cast<const float*>(xin), ln_g, ln_b, eps, xs, M, K, warp, GT_WARPS, lane);
-        x = xs;
-        lx = K;
-    } else if (xs_bytes > 0) {
-        const int per_row = K >> 3;
-        for (int idx = tid; idx < M * per_row; idx += blockDim.x) {
-            const int m = idx / per_row, c = (idx - m * per_row) * 8;
-            *reinterpret_cast<uint4*>(xs + (size_t)m * K + c) = *reinterpret_cast<const uint4*>(x + (size_t)m * ldx + c);
-        }
-        x = xs;
-        lx = K;
-    }
-    __syncthreads();  // x staged; also publishes the barriers' initialisation and the bias
-    const int len = kc != nullptr ? *len_ptr : 0;
-    const int nkv = N / 3;
-    for (int r = warp; r < rows; r += GT_WARPS) {
-        const int n = n0 + r;
-        const float y_old = (mode == 3 && lane < M) ? reinterpret_cast<const float*>(y)[(size_t)lane * ldy + n] : 0.f;
-        gt_wait(gt_smem_addr(&bar[r / per]), 0u);
-        const __half* wr = ws + (size_t)r * K;
-        float acc[GEMV_MAX_M];
-#pragma unroll
-        for (int m = 0; m < GEMV_MAX_M; m++) acc[m] = 0.f;
-#pragma unroll 4
-        for (int k = lane * 8; k < K; k += 256) {
-            const uint4 wv = *reinterpret_cast<const uint4*>(wr + k);
-            const __half2* w2 = reinterpret_cast<const __half2*>(&wv);
-            float2 wf[4];
-#pragma unroll
-            for (int j = 0; j < 4; j++) wf[j] = __half22float2(w2[j]);
-#pragma unroll
-            for (int m = 0; m < GEMV_MAX_M; m++) {
-                if (m < M) {
-                    const uint4 xv = *reinterpret_cast<const uint4*>(x + (size_t)m * lx + k);
-                    const __half2* x2 = reinterpret_cast<const __half2*>(&xv);
-#pragma unroll
-                    for (int j = 0; j < 4; j++) {
-                        const float2 xf = __half22float2(x2[j]);
-                        acc[m] = fmaf(wf[j].x, xf.x, acc[m]);
-                        acc[m] = fmaf(wf[j].y, xf.y, acc[m]);
-                    }
-                }
-            }
-        }
-        const float bn = bs[r];
-#pragma unroll
-        for (int m = 0; m < GEMV_MAX_M; m++) {
-            if (m < M) {
-                const float v = gemv_warp_sum(acc[m]) + bn;
-                const float old = __shfl_sync(0xffffffffu, y_old, m);
-                if (lane == 0) gemv_store(y, ldy, mode, m, n, v, old, nkv, kc, vc, slots, len, t, ctx);
-            }
-        }
-    }
-#endif
-}
-
-// ---- One input row, weights streamed through a register ring --------------------------------
+// ---- One input row, weights streamed through a shared-memory ring ---------------------------
 // The decode step at batch 1 is a chain of ~260 short kernels, each too short for gemv_f16's
 // warps (one output feature at a time, 2.5 KB in flight per warp at K = 1280) to reach the
-// memory's rate before it ends. gemv1_f16 keeps G1_U 16-byte loads per lane in flight all the way
+// memory's rate before it ends: there, a dense layer's time follows the bytes in flight per
+// multiprocessor. gemv1_f16 keeps G1A_DEPTH 16-byte copies per lane in flight all the way
 // through: each warp owns a contiguous share of rows [r0, r1), and with 16-byte chunk c of lane l
 // of row j at column c*256 + l*8 its weights are one linear stream (item i at w + r0*K + l*8 +
-// i*256), consumed and refilled slot by slot in a ring of G1_U registers, across row ends. The
-// first G1_U items are requested before griddepcontrol.wait (weights never depend on an earlier
-// kernel). Two blocks of G1_WARPS warps per multiprocessor (128 registers a thread: the whole
-// register file) put 128 KB per multiprocessor in flight. H200, large-v2 batch 1 step: 2.01 ms
-// against 2.31-2.34 for gemv_f16 (one block per multiprocessor, which leaves room for the next
-// kernel's blocks to load early under PDL: 2.50; 4 warps: 3.58).
+// i*256), copied by cp.async into a per-warp shared-memory ring (one commit group per item) and
+// consumed and refilled slot by slot across row ends. Each lane reads back only the chunks it
+// copied itself, so waiting on its own groups is all the ordering needed. The first G1A_DEPTH
+// items are requested before griddepcontrol.wait (weights never depend on an earlier kernel).
+// Two blocks of G1_WARPS warps per multiprocessor: 192 KB in flight on each.
+// Measured (H200, large-v2 batch 1 CUDA-graph step, whisper-trt bench --engine): 1.747 / 1.756 ms;
+// the same stream through a 16-slot register ring (128 KB per multiprocessor; commit 30d6414)
+// 1.829 / 1.827 in the same run, and with one block per multiprocessor (leaving room for the next
+// kernel to start early under PDL) 1.883 / 1.890; earlier, with the attention kernels of then,
+// the register ring 2.01 at two blocks, 2.50 at one, 3.58 with 4 warps, against 2.31-2.34 for
+// gemv_f16 and 3.29 for a kernel that bulk-copied each block's whole weight slice to shared
+// memory before the wait (one block per multiprocessor; commit 30d6414).
 // Sums in gemv_f16's order (per lane k ascending, the same fmaf sequence, the same warp
 // reduction), so both kernels give the same bits.
 // M = 1 only; K % 256 == 0 and K <= G1_MAX_K; with LayerNorm (x the f32 residual row) K <= 1280.
 // Arguments as gemv_f16 (y row 0 only: no ldx/ldy). Launch: 32 to G1_WARPS * 32 threads (whole
-// warps), any grid.
+// warps), any grid; dynamic shared memory warps * G1A_DEPTH * 512 bytes.
 #define G1_WARPS 8
-#define G1_U 16
+#define G1A_DEPTH 24
 #define G1_MAX_K 5120
 
 __device__ __forceinline__ float gemv_dot8(const uint4& wv, const uint4& xv, float acc) {
@@ -383,7 +263,8 @@ __device__ __forceinline__ float gemv_dot8(const uint4& wv, const uint4& xv, flo
 }
 
 // The end of row `row` (j-th of the warp's rows): the warp's sum, bias and residual, stored. Kept
-// out of line: the unrolled loop calls it once per row, and inlined G1_U times it costs registers.
+// out of line: the unrolled loop calls it once per row, and inlined G1A_DEPTH times it costs
+// registers.
 __device__ __noinline__ void gemv1_finish(float s, int j, int row, float bias_lane, float old_lane,
                                           const void* __restrict__ bias, void* __restrict__ y, int N, int mode,
                                           int nkv, __half* __restrict__ kc, __half* __restrict__ vc,
@@ -401,77 +282,18 @@ __device__ __noinline__ void gemv1_finish(float s, int j, int row, float bias_la
     if ((threadIdx.x & 31) == 0) gemv_store(y, N, mode, 0, row, v + bn, old, nkv, kc, vc, slots, len, t, ctx);
 }
 
-extern "C" __global__ void __launch_bounds__(G1_WARPS * 32, 2)
-    gemv1_f16(const __half* __restrict__ w, const void* __restrict__ xin, const float* __restrict__ ln_g,
-              const float* __restrict__ ln_b, float eps, const void* __restrict__ bias, void* __restrict__ y, int N,
-              int K, int mode, __half* __restrict__ kc, __half* __restrict__ vc, const int* __restrict__ slots,
-              const int* __restrict__ len_ptr, int t, int ctx) {
-    __shared__ __align__(16) __half xs[G1_MAX_K];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int warps = blockDim.x >> 5;  // G1_WARPS unless a measurement asks for fewer
-    const long long W = (long long)gridDim.x * warps, gw = (long long)blockIdx.x * warps + warp;
-    const int r0 = (int)(N * gw / W), r1 = (int)(N * (gw + 1) / W);
-    const int cpr = K >> 8;
-    const int total = (r1 - r0) * cpr;
-    const __half* ws = w + (size_t)r0 * K + lane * 8;
-    // Weights and bias never depend on an earlier kernel: issued before the wait.
-    uint4 wv[G1_U];
-#pragma unroll
-    for (int u = 0; u < G1_U; u++)
-        wv[u] = u < total ? __ldcs(reinterpret_cast<const uint4*>(ws + (size_t)u * 256)) : make_uint4(0u, 0u, 0u, 0u);
-    auto bias_of = [&](int c) -> float {
-        if (bias == nullptr) return 0.f;
-        return mode < 2 ? __half2float(reinterpret_cast<const __half*>(bias)[c]) : reinterpret_cast<const float*>(bias)[c];
-    };
-    // Lane j holds the bias (and, in mode 3, the residual's old value) of row r0 + j.
-    const float bias_lane = r0 + lane < r1 ? bias_of(r0 + lane) : 0.f;
-    pdl_launch();
-    pdl_wait();
+// gemv1_f16's input, after the wait: LayerNorm of the f32 row (ln_g set) or the fp16
+// row, into xs (K values; the caller synchronises the block before reading it).
+__device__ __forceinline__ void gemv1_stage_x(const void* __restrict__ xin, const float* __restrict__ ln_g,
+                                              const float* __restrict__ ln_b, float eps, __half* xs, int K, int warp,
+                                              int warps, int lane) {
     if (ln_g != nullptr) {
         gemv_layernorm(reinterpret_cast<const float*>(xin), ln_g, ln_b, eps, xs, 1, K, warp, warps, lane);
     } else {
         const uint4* x8 = reinterpret_cast<const uint4*>(xin);
         for (int i = threadIdx.x; i < (K >> 3); i += blockDim.x) reinterpret_cast<uint4*>(xs)[i] = x8[i];
     }
-    float* yf = reinterpret_cast<float*>(y);
-    const float old_lane = (mode == 3 && r0 + lane < r1) ? yf[r0 + lane] : 0.f;
-    const int len = kc != nullptr ? *len_ptr : 0;
-    const int nkv = N / 3;
-    __syncthreads();
-    float s = 0.f;
-    int c = 0, row = r0;
-    for (int base = 0; base < total; base += G1_U) {
-        // Item base + G1_U + u (the refill of slot u) at a constant offset from one pointer.
-        const uint4* ahead = reinterpret_cast<const uint4*>(ws) + (size_t)(base + G1_U) * 32;
-        const int left = total - base - G1_U;
-#pragma unroll
-        for (int u = 0; u < G1_U; u++) {
-            if (base + u < total) {  // the same in every lane
-                const uint4 xv = *reinterpret_cast<const uint4*>(xs + c * 256 + lane * 8);
-                s = gemv_dot8(wv[u], xv, s);
-                if (u < left) wv[u] = __ldcs(ahead + u * 32);
-                if (++c == cpr) {
-                    gemv1_finish(s, row - r0, row, bias_lane, old_lane, bias, y, N, mode, nkv, kc, vc, slots, len, t, ctx);
-                    s = 0.f;
-                    c = 0;
-                    row++;
-                }
-            }
-        }
-    }
 }
-
-// ---- One input row, weights streamed through a shared-memory ring (cp.async) -----------------
-// gemv1_f16's stream with the ring in shared memory instead of registers: each lane copies its
-// own 16-byte chunk of an item into its slot with cp.async (one commit group per item) and reads
-// back only what it copied itself, so waiting on its own groups is all the ordering needed. The
-// ring is G1A_DEPTH items deep per warp (G1A_DEPTH * 512 bytes), and registers stay few, so more
-// bytes per multiprocessor are in flight than registers can hold (see gemv1_f16's measurements:
-// the step got faster with every doubling): 192 KB with two blocks per multiprocessor. H200,
-// large-v2 batch 1 step: 1.75 ms against 1.83 for gemv1_f16 in the same run (1.89 with one block
-// per multiprocessor). Same arguments, order of sums and bits as gemv1_f16.
-// Dynamic shared memory: warps * G1A_DEPTH * 512 bytes (16-byte aligned).
-#define G1A_DEPTH 24
 
 __device__ __forceinline__ void g1a_copy(void* smem, const void* gmem) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"((unsigned)__cvta_generic_to_shared(smem)), "l"(gmem)
@@ -481,10 +303,10 @@ __device__ __forceinline__ void g1a_commit() { asm volatile("cp.async.commit_gro
 __device__ __forceinline__ void g1a_wait_oldest() { asm volatile("cp.async.wait_group %0;" ::"n"(G1A_DEPTH - 1) : "memory"); }
 
 extern "C" __global__ void __launch_bounds__(G1_WARPS * 32)
-    gemv1_async_f16(const __half* __restrict__ w, const void* __restrict__ xin, const float* __restrict__ ln_g,
-                    const float* __restrict__ ln_b, float eps, const void* __restrict__ bias, void* __restrict__ y,
-                    int N, int K, int mode, __half* __restrict__ kc, __half* __restrict__ vc,
-                    const int* __restrict__ slots, const int* __restrict__ len_ptr, int t, int ctx) {
+    gemv1_f16(const __half* __restrict__ w, const void* __restrict__ xin, const float* __restrict__ ln_g,
+              const float* __restrict__ ln_b, float eps, const void* __restrict__ bias, void* __restrict__ y, int N,
+              int K, int mode, __half* __restrict__ kc, __half* __restrict__ vc, const int* __restrict__ slots,
+              const int* __restrict__ len_ptr, int t, int ctx) {
     __shared__ __align__(16) __half xs[G1_MAX_K];
     extern __shared__ __align__(16) uint4 ring[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -507,12 +329,7 @@ extern "C" __global__ void __launch_bounds__(G1_WARPS * 32)
     const float bias_lane = r0 + lane < r1 ? bias_of(r0 + lane) : 0.f;
     pdl_launch();
     pdl_wait();
-    if (ln_g != nullptr) {
-        gemv_layernorm(reinterpret_cast<const float*>(xin), ln_g, ln_b, eps, xs, 1, K, warp, warps, lane);
-    } else {
-        const uint4* x8 = reinterpret_cast<const uint4*>(xin);
-        for (int i = threadIdx.x; i < (K >> 3); i += blockDim.x) reinterpret_cast<uint4*>(xs)[i] = x8[i];
-    }
+    gemv1_stage_x(xin, ln_g, ln_b, eps, xs, K, warp, warps, lane);
     const float old_lane = (mode == 3 && r0 + lane < r1) ? reinterpret_cast<const float*>(y)[r0 + lane] : 0.f;
     const int len = kc != nullptr ? *len_ptr : 0;
     const int nkv = N / 3;

@@ -431,11 +431,12 @@ fn kv_cache_and_embedding_kernels_match_cpu() {
     fx.k.kv_append(dqkv.ptr(), dk.ptr() + layer_bytes, dv.ptr() + layer_bytes, ds.ptr(), rows, n, t, dlen.ptr(), ctx).unwrap();
     // The caches expected after appending the keys and values (columns n..2n, 2n..3n) of `src`.
     let layer = n_slots * ctx * n;
-    let appended = |src: &[f32]| {
+    // `seqs` sequences of `tt` tokens each.
+    let appended_of = |src: &[f32], seqs: usize, tt: usize| {
         let (mut k, mut v) = (kc.clone(), vc.clone());
-        for (s, &slot) in slots.iter().enumerate() {
-            for i in 0..t {
-                let row = s * t + i;
+        for (s, &slot) in slots.iter().enumerate().take(seqs) {
+            for i in 0..tt {
+                let row = s * tt + i;
                 let dst = layer + (slot as usize * ctx + len + i) * n;
                 k[dst..dst + n].copy_from_slice(&src[row * 3 * n + n..row * 3 * n + 2 * n]);
                 v[dst..dst + n].copy_from_slice(&src[row * 3 * n + 2 * n..row * 3 * n + 3 * n]);
@@ -443,6 +444,7 @@ fn kv_cache_and_embedding_kernels_match_cpu() {
         }
         (k, v)
     };
+    let appended = |src: &[f32]| appended_of(src, n_seq, t);
     let (mut wk, mut wv) = appended(&qkv);
     let to64 = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
     let got_k = fx.get_f16(&dk, wk.len());
@@ -456,20 +458,24 @@ fn kv_cache_and_embedding_kernels_match_cpu() {
     let k_in = 256;
     let (wq, xq) = (r.vec16(3 * n * k_in, 0.1), r.vec16(rows * k_in, 1.0));
     let (dwq, dxq) = (fx.f16s(&wq), fx.f16s(&xq));
-    // Every GEMV kernel the GPU has (the one-row kernel at one row only).
-    for kind in [GemvKind::Warp, GemvKind::Shared, GemvKind::Stream, GemvKind::StreamAsync] {
+    // Every GEMV kernel the GPU has, at all rows and at one row (one sequence, one token: the
+    // one-row kernel's case).
+    for kind in [GemvKind::Warp, GemvKind::Stream] {
         if !fx.k.set_gemv_kind(kind) {
             continue;
         }
-        let dy = fx.poison(rows * 3 * n * 2);
-        let (dk2, dv2) = (fx.f16s(&kc), fx.f16s(&vc));
-        let append = KvAppend { k_cache: dk2.ptr() + layer_bytes, v_cache: dv2.ptr() + layer_bytes, slots: ds.ptr(), len: dlen.ptr(), t, ctx };
-        fx.k.gemv_kv(dwq.ptr(), dxq.ptr(), None, None, dy.ptr(), rows, 3 * n, k_in, k_in, 3 * n, GemvOut::F16, Some(append), None).unwrap_or_else(|e| panic!("{e:#}"));
-        let y = fx.get_f16(&dy, rows * 3 * n);
-        let (wk2, wv2) = appended(&y);
-        assert_eq!(rel_err(&fx.get_f16(&dk2, wk2.len()), &to64(&wk2)), 0.0, "gemv KV append ({kind:?}): keys differ");
-        assert_eq!(rel_err(&fx.get_f16(&dv2, wv2.len()), &to64(&wv2)), 0.0, "gemv KV append ({kind:?}): values differ");
-        println!("gemv KV append ({kind:?}): exact");
+        for (seqs, tt) in [(n_seq, t), (1, 1)] {
+            let m = seqs * tt;
+            let dy = fx.poison(m * 3 * n * 2);
+            let (dk2, dv2) = (fx.f16s(&kc), fx.f16s(&vc));
+            let append = KvAppend { k_cache: dk2.ptr() + layer_bytes, v_cache: dv2.ptr() + layer_bytes, slots: ds.ptr(), len: dlen.ptr(), t: tt, ctx };
+            fx.k.gemv_kv(dwq.ptr(), dxq.ptr(), None, None, dy.ptr(), m, 3 * n, k_in, k_in, 3 * n, GemvOut::F16, Some(append), None).unwrap_or_else(|e| panic!("{e:#}"));
+            let y = fx.get_f16(&dy, m * 3 * n);
+            let (wk2, wv2) = appended_of(&y, seqs, tt);
+            assert_eq!(rel_err(&fx.get_f16(&dk2, wk2.len()), &to64(&wk2)), 0.0, "gemv KV append ({kind:?}, {m} rows): keys differ");
+            assert_eq!(rel_err(&fx.get_f16(&dv2, wv2.len()), &to64(&wv2)), 0.0, "gemv KV append ({kind:?}, {m} rows): values differ");
+            println!("gemv KV append ({kind:?}, {m} rows): exact");
+        }
     }
     fx.k.set_gemv_kind(DEFAULT_GEMV_KIND);
 
@@ -578,10 +584,10 @@ fn gemv_matches_cpu() {
             let db = if f16_out { fx.f16s(&bias) } else { fx.f32s(&bias) };
             let lnp = ln.then(|| (dg.ptr(), dbe.ptr()));
             let b = with_bias.then(|| db.ptr());
-            // Every kernel (gemv_f16; on sm_90 the shared-memory one where the slice fits and the
-            // one-row one at one row, K % 256 == 0): the same sums in the same order, so the same bits.
+            // Both kernels (gemv_f16; on sm_90 the one-row one at one row, K % 256 == 0): the same
+            // sums in the same order, so the same bits.
             let mut first: Option<Vec<f32>> = None;
-            for kind in [GemvKind::Warp, GemvKind::Shared, GemvKind::Stream, GemvKind::StreamAsync] {
+            for kind in [GemvKind::Warp, GemvKind::Stream] {
                 if !fx.k.set_gemv_kind(kind) {
                     continue;
                 }

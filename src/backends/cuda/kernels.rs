@@ -20,7 +20,7 @@ pub const SPLIT_KEYS: usize = 128;
 pub const SPLIT_PART: usize = D_HEAD + 2;
 
 /// Every kernel: (file stem, kernel name).
-pub const FUNCTIONS: [(&str, &str); 21] = [
+pub const FUNCTIONS: [(&str, &str); 19] = [
     ("layernorm", "layernorm_f32_f16"),
     ("conv", "im2col_conv1"),
     ("conv", "im2col_conv2_gelu"),
@@ -38,9 +38,7 @@ pub const FUNCTIONS: [(&str, &str); 21] = [
     ("logits", "masked_argmax"),
     ("logits", "topk_logprobs"),
     ("gemv", "gemv_f16"),
-    ("gemv", "gemv_tma_f16"),
     ("gemv", "gemv1_f16"),
-    ("gemv", "gemv1_async_f16"),
     ("decoder_step", "decoder_step"),
 ];
 
@@ -55,18 +53,11 @@ const GEMV_WARPS: usize = 4;
 /// loads in the FMA loop); larger ones are read from L1/L2. `WHISPER_TRT_GEMV_SMEM` (KiB)
 /// overrides it, for measurements.
 const GEMV_XS: usize = 16 << 10;
-/// Warps per block of the shared-memory GEMV (`GT_WARPS` in gemv.cu).
-const GT_WARPS: usize = 8;
-/// Shared memory the shared-memory GEMV takes per block at most (weights, input, bias): two
-/// blocks of the largest decode-step layers (fc1, fc2 of large-v2: 100 KB each) fit one
-/// multiprocessor together, so the next kernel loads while this one runs. Larger slices (the
-/// logits) take gemv_f16. `WHISPER_TRT_GEMV_TMA_SMEM` (KiB) overrides it, for measurements.
-const GT_SMEM: usize = 112 << 10;
 /// Warps per block of the one-row streaming GEMV (`G1_WARPS` in gemv.cu).
 const G1_WARPS: usize = 8;
 /// The widest input the one-row streaming GEMV takes (`G1_MAX_K`).
 const G1_MAX_K: usize = 5120;
-/// Bytes of the shared-memory ring per warp of gemv1_async_f16 (`G1A_DEPTH` x 512).
+/// Bytes of the shared-memory ring per warp of gemv1_f16 (`G1A_DEPTH` x 512).
 const G1A_RING: usize = 24 * 512;
 
 /// Which kernel [`Kernels::gemv_kv`] runs where more than one can (kernels/gemv.cu).
@@ -74,32 +65,24 @@ const G1A_RING: usize = 24 * 512;
 pub enum GemvKind {
     /// gemv_f16: one warp per output feature, 4 blocks per multiprocessor (any GPU, 1-8 rows).
     Warp,
-    /// gemv_tma_f16: each block's weight slice bulk-copied to shared memory before the PDL wait
-    /// (sm_90; kept for comparison: slower, see [`Kernels::set_gemv_kind`]).
-    Shared,
-    /// gemv1_f16: one row, one block per multiprocessor streaming its weights through a
-    /// register ring that fills before the PDL wait (sm_90).
+    /// gemv1_f16: one row, two blocks per multiprocessor streaming their weights through a
+    /// shared-memory ring (cp.async) that fills before the PDL wait (sm_90; the measurements are
+    /// in kernels/gemv.cu).
     Stream,
-    /// gemv1_async_f16: gemv1_f16 with its ring in shared memory (cp.async), deeper (sm_90).
-    StreamAsync,
 }
 
-/// The GEMV kernel on sm_90 unless `WHISPER_TRT_GEMV_KIND` says otherwise. H200, large-v2
-/// batch 1, CUDA-graph step (`whisper-trt bench --engine ... --batch 1`, two runs each, the
-/// kinds in the same run): async 1.747 / 1.756 ms, stream 1.829 / 1.827 (async with one block
-/// per multiprocessor: 1.883 / 1.890); in an earlier run stream 2.007 / 1.995 against warp
-/// 2.313 / 2.330, and shared (weights bulk-copied to shared memory before the PDL wait) 3.29
-/// against warp 2.33. Every kind gives the same bits.
-pub const DEFAULT_GEMV_KIND: GemvKind = GemvKind::StreamAsync;
+/// The GEMV kernel of one-row steps on sm_90 unless `WHISPER_TRT_GEMV_KIND=warp` (for
+/// comparisons): H200, large-v2 batch 1 step, gemv1_f16's stream 1.75-1.83 ms (two machines)
+/// against 2.31-2.34 for gemv_f16 at the start of the session that wrote it. Both give the same
+/// bits.
+pub const DEFAULT_GEMV_KIND: GemvKind = GemvKind::Stream;
 
 impl GemvKind {
-    /// `warp`, `shared`, `stream` or `async` (`WHISPER_TRT_GEMV_KIND`).
+    /// `warp` or `stream` (`WHISPER_TRT_GEMV_KIND`).
     pub fn parse(s: &str) -> Option<Self> {
         match s.trim() {
             "warp" => Some(GemvKind::Warp),
-            "shared" => Some(GemvKind::Shared),
             "stream" => Some(GemvKind::Stream),
-            "async" => Some(GemvKind::StreamAsync),
             _ => None,
         }
     }
@@ -171,9 +154,7 @@ pub struct Kernels {
     masked_argmax: CudaFunction,
     topk_logprobs: CudaFunction,
     gemv_f16: CudaFunction,
-    gemv_tma_f16: CudaFunction,
     gemv1_f16: CudaFunction,
-    gemv1_async_f16: CudaFunction,
     /// The fused decoder step (launched by step.rs).
     pub(super) decoder_step: CudaFunction,
     /// GEMV blocks resident at once (4 per multiprocessor, which leaves room for the next
@@ -189,15 +170,12 @@ pub struct Kernels {
     /// The GEMV kernel [`Kernels::gemv_kv`] prefers (see [`Kernels::set_gemv_kind`]).
     gemv_kind: Cell<GemvKind>,
     /// Blocks per multiprocessor of the one-row streaming GEMV (`WHISPER_TRT_GEMV1_BLOCKS`,
-    /// default 2: twice the loads in flight of one block, which measured faster than leaving
-    /// room for the next kernel; H200, large-v2 batch 1 step, two runs each: 2.006 / 2.006 ms
-    /// with 2, 2.509 / 2.498 with 1, 2.336 / 2.337 for gemv_f16).
+    /// default 2: twice the copies in flight of one block, which measured faster than leaving
+    /// room for the next kernel; see gemv1_f16).
     gemv1_blocks: usize,
     /// Warps per block of the one-row streaming GEMV (`WHISPER_TRT_GEMV1_WARPS`, 1 to
     /// [`G1_WARPS`], default [`G1_WARPS`]; for measurements).
     gemv1_warps: usize,
-    /// Shared memory per block of the shared-memory GEMV at most (see [`GT_SMEM`]).
-    gemv_tma_smem: usize,
     /// Whether the GPU has Programmatic Dependent Launch (compute capability 9.0 or newer).
     pdl_ok: bool,
     /// Whether the launchers marked "PDL" below launch with the programmatic attribute now
@@ -321,9 +299,7 @@ impl Kernels {
             topk_logprobs: f("logits", "topk_logprobs")?,
             gemv_f16: f("gemv", "gemv_f16")?,
             decoder_step: f("decoder_step", "decoder_step")?,
-            gemv_tma_f16: f("gemv", "gemv_tma_f16")?,
             gemv1_f16: f("gemv", "gemv1_f16")?,
-            gemv1_async_f16: f("gemv", "gemv1_async_f16")?,
             gemv_wave: std::env::var("WHISPER_TRT_GEMV_WAVE").ok().and_then(|v| v.parse::<usize>().ok()).map_or(4, |w| w.max(1)) * sms,
             gemv_xs: std::env::var("WHISPER_TRT_GEMV_SMEM").ok().and_then(|v| v.parse::<usize>().ok()).map_or(GEMV_XS, |kib| kib << 10),
             sms,
@@ -334,7 +310,6 @@ impl Kernels {
             }),
             gemv1_blocks: std::env::var("WHISPER_TRT_GEMV1_BLOCKS").ok().and_then(|v| v.parse::<usize>().ok()).map_or(2, |b| b.clamp(1, 4)),
             gemv1_warps: std::env::var("WHISPER_TRT_GEMV1_WARPS").ok().and_then(|v| v.parse::<usize>().ok()).map_or(G1_WARPS, |w| w.clamp(1, G1_WARPS)),
-            gemv_tma_smem: std::env::var("WHISPER_TRT_GEMV_TMA_SMEM").ok().and_then(|v| v.parse::<usize>().ok()).map_or(GT_SMEM, |kib| kib << 10),
             pdl_ok: gpu.compute_capability.0 >= 9,
             pdl: Cell::new(false),
         };
@@ -346,9 +321,7 @@ impl Kernels {
         if std::env::var("WHISPER_TRT_CARVEOUT").map_or(true, |v| v != "0") {
             for func in [
                 &k.gemv_f16,
-                &k.gemv_tma_f16,
                 &k.gemv1_f16,
-                &k.gemv1_async_f16,
                 &k.decoder_self_attention,
                 &k.decoder_self_attention_split,
                 &k.cross_attention,
@@ -362,19 +335,16 @@ impl Kernels {
             }
         }
         if k.pdl_ok {
-            k.gemv1_async_f16
+            k.gemv1_f16
                 .set_attribute(sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (G1_WARPS * G1A_RING) as i32)
                 .map_err(|e| anyhow!("cannot give the one-row GEMV its shared-memory ring: {e:?}"))?;
-            k.gemv_tma_f16
-                .set_attribute(sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, k.gemv_tma_smem as i32)
-                .map_err(|e| anyhow!("cannot give the shared-memory GEMV {} KiB of shared memory: {e:?}", k.gemv_tma_smem >> 10))?;
         }
         Ok(k)
     }
 
     /// Selects the GEMV kernel of later [`Kernels::gemv_kv`] calls where its shape allows
-    /// (Shared and Stream need sm_90, else Warp stays); answers whether `kind` is in use now.
-    /// `WHISPER_TRT_GEMV_KIND=warp|shared|stream` sets the start value ([`DEFAULT_GEMV_KIND`]).
+    /// (Stream needs sm_90, else Warp stays); answers whether `kind` is in use now.
+    /// `WHISPER_TRT_GEMV_KIND=warp|stream` sets the start value ([`DEFAULT_GEMV_KIND`]).
     pub fn set_gemv_kind(&self, kind: GemvKind) -> bool {
         self.gemv_kind.set(if self.pdl_ok { kind } else { GemvKind::Warp });
         self.gemv_kind.get() == kind
@@ -735,39 +705,14 @@ impl Kernels {
         let kv = kv.unwrap_or(KvAppend { k_cache: 0, v_cache: 0, slots: 0, len: 0, t: 1, ctx: 0 });
         let (kc, vc, sl, ln_ptr, tt, cc) = (kv.k_cache, kv.v_cache, kv.slots, kv.len, i32_of(kv.t, "t")?, i32_of(kv.ctx, "ctx")?);
         let (pf, pf_bytes) = prefetch.map_or((0, 0i64), |(a, b)| (a, (b / 16 * 16) as i64));
-        let kind = self.gemv_kind.get();
         // The one-row streaming GEMV (see gemv1_f16).
-        if matches!(kind, GemvKind::Stream | GemvKind::StreamAsync) && m == 1 && k.is_multiple_of(256) && k <= G1_MAX_K && w.is_multiple_of(16) {
-            let ring = if kind == GemvKind::StreamAsync { self.gemv1_warps * G1A_RING } else { 0 };
+        if self.gemv_kind.get() == GemvKind::Stream && m == 1 && k.is_multiple_of(256) && k <= G1_MAX_K && w.is_multiple_of(16) {
             let cfg = LaunchConfig {
                 grid_dim: ((self.sms * self.gemv1_blocks) as u32, 1, 1),
                 block_dim: ((self.gemv1_warps * 32) as u32, 1, 1),
-                shared_mem_bytes: ring as u32,
+                shared_mem_bytes: (self.gemv1_warps * G1A_RING) as u32,
             };
-            return if kind == GemvKind::StreamAsync {
-                launch!(self, gemv1_async_f16, "gemv1_async_f16", cfg, [&w, &x, &g, &b, &eps, &bias, &y, &nn, &kk, &mode, &kc, &vc, &sl, &ln_ptr, &tt, &cc])
-            } else {
-                launch!(self, gemv1_f16, "gemv1_f16", cfg, [&w, &x, &g, &b, &eps, &bias, &y, &nn, &kk, &mode, &kc, &vc, &sl, &ln_ptr, &tt, &cc])
-            };
-        }
-        // The shared-memory GEMV: each block's slice of rpb features (and the input rows, bias) in
-        // shared memory, one block per multiprocessor.
-        let rpb = n.div_ceil(self.sms);
-        let tma_smem = rpb * k * 2 + xs + rpb * 4;
-        if kind == GemvKind::Shared && tma_smem <= self.gemv_tma_smem && w.is_multiple_of(16) {
-            let r = i32_of(rpb, "rows per block")?;
-            let cfg = LaunchConfig {
-                grid_dim: (n.div_ceil(rpb) as u32, 1, 1),
-                block_dim: ((GT_WARPS * 32) as u32, 1, 1),
-                shared_mem_bytes: tma_smem as u32,
-            };
-            return launch!(
-                self,
-                gemv_tma_f16,
-                "gemv_tma_f16",
-                cfg,
-                [&w, &x, &g, &b, &eps, &bias, &y, &mm, &nn, &kk, &lx, &ly, &mode, &r, &xs_bytes, &kc, &vc, &sl, &ln_ptr, &tt, &cc, &pf, &pf_bytes]
-            );
+            return launch!(self, gemv1_f16, "gemv1_f16", cfg, [&w, &x, &g, &b, &eps, &bias, &y, &nn, &kk, &mode, &kc, &vc, &sl, &ln_ptr, &tt, &cc]);
         }
         // One wave at most (with LayerNorm fused, every block normalises the rows again).
         let blocks = n.div_ceil(GEMV_WARPS).min(self.gemv_wave);
