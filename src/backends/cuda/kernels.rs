@@ -72,9 +72,9 @@ pub enum GemvKind {
 }
 
 /// The GEMV kernel of one-row steps on sm_90 unless `WHISPER_TRT_GEMV_KIND=warp` (for
-/// comparisons): H200, large-v2 batch 1 step, gemv1_f16's stream 1.75-1.83 ms (two machines)
-/// against 2.31-2.34 for gemv_f16 at the start of the session that wrote it. Both give the same
-/// bits.
+/// comparisons): H200, large-v2 batch 1 step, 1.721 / 1.727 ms against 2.051 / 2.053 for
+/// gemv_f16 in the same run (`whisper-trt bench --engine ... --batch 1`, commit 7fabf46). Both
+/// give the same bits.
 pub const DEFAULT_GEMV_KIND: GemvKind = GemvKind::Stream;
 
 impl GemvKind {
