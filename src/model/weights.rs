@@ -62,6 +62,12 @@ impl Weights {
         Ok(t)
     }
 
+    /// The tensor `name`, to change in place (weight-only quantization's round trip).
+    pub fn tensor_mut(&mut self, name: &str) -> Result<&mut Tensor> {
+        let path = self.path.display().to_string();
+        self.tensors.get_mut(name).ok_or_else(|| anyhow!("{path}: missing tensor {name}"))
+    }
+
     /// Removes and returns the tensor `name`, which must have exactly `shape`.
     pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
         self.get(name, shape)?;
