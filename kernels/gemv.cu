@@ -23,27 +23,34 @@ __device__ __forceinline__ float gemv_warp_sum(float v) {
 
 __device__ __forceinline__ float gemv_gelu(float x) { return 0.5f * x * (1.f + erff(x * 0.70710678118654752f)); }
 
-// acc[m] += the 8 fp16 weights in wv times row m's 8 inputs at column k of x (row stride lx), for
-// rows m < M: every GEMV kernel's inner step, in one order (so they all give the same bits).
+// acc + the 8 fp16 weights in wv times the 8 fp16 inputs in xv: every GEMV kernel's inner step,
+// in one order of fmaf (so they all give the same bits).
+__device__ __forceinline__ float gemv_dot8(const uint4& wv, const uint4& xv, float acc) {
+    const __half2* w2 = reinterpret_cast<const __half2*>(&wv);
+    const __half2* x2 = reinterpret_cast<const __half2*>(&xv);
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const float2 wf = __half22float2(w2[j]);
+        const float2 xf = __half22float2(x2[j]);
+        acc = fmaf(wf.x, xf.x, acc);
+        acc = fmaf(wf.y, xf.y, acc);
+    }
+    return acc;
+}
+
+// acc[m] += gemv_dot8 of wv and row m's 8 inputs at column k of x (row stride lx), rows m < M.
 __device__ __forceinline__ void gemv_fma_rows(const uint4& wv, const __half* x, int lx, int k, int M,
                                               float (&acc)[GEMV_MAX_M]) {
-    const __half2* w2 = reinterpret_cast<const __half2*>(&wv);
-    float2 wf[4];
-#pragma unroll
-    for (int j = 0; j < 4; j++) wf[j] = __half22float2(w2[j]);
 #pragma unroll
     for (int m = 0; m < GEMV_MAX_M; m++) {
-        if (m < M) {
-            const uint4 xv = *reinterpret_cast<const uint4*>(x + (size_t)m * lx + k);
-            const __half2* x2 = reinterpret_cast<const __half2*>(&xv);
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                const float2 xf = __half22float2(x2[j]);
-                acc[m] = fmaf(wf[j].x, xf.x, acc[m]);
-                acc[m] = fmaf(wf[j].y, xf.y, acc[m]);
-            }
-        }
+        if (m < M) acc[m] = gemv_dot8(wv, *reinterpret_cast<const uint4*>(x + (size_t)m * lx + k), acc[m]);
     }
+}
+
+// Output feature c's bias, in the output's type (fp16 for modes 0-1, f32 for 2-3); 0 without one.
+__device__ __forceinline__ float gemv_bias(const void* __restrict__ bias, int mode, int c) {
+    if (bias == nullptr) return 0.f;
+    return mode < 2 ? __half2float(reinterpret_cast<const __half*>(bias)[c]) : reinterpret_cast<const float*>(bias)[c];
 }
 
 // LayerNorm (two-pass moments in f32, gamma ln_g, beta ln_b) of the M f32 rows of K at xf into
@@ -165,10 +172,7 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, 5)
     load(n, lane * 8);
     gemv_prefetch_l2(pf, pf_bytes);
     // The bias is a weight too: read before the wait (the next column's during a reduction).
-    auto bias_of = [&](int c) -> float {
-        if (bias == nullptr || c >= N) return 0.f;
-        return mode < 2 ? __half2float(reinterpret_cast<const __half*>(bias)[c]) : reinterpret_cast<const float*>(bias)[c];
-    };
+    auto bias_of = [&](int c) -> float { return c < N ? gemv_bias(bias, mode, c) : 0.f; };
     float bn = bias_of(n);
     pdl_launch();
     pdl_wait();
@@ -249,19 +253,6 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, 5)
 #define G1A_DEPTH 24
 #define G1_MAX_K 5120
 
-__device__ __forceinline__ float gemv_dot8(const uint4& wv, const uint4& xv, float acc) {
-    const __half2* w2 = reinterpret_cast<const __half2*>(&wv);
-    const __half2* x2 = reinterpret_cast<const __half2*>(&xv);
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-        const float2 wf = __half22float2(w2[j]);
-        const float2 xf = __half22float2(x2[j]);
-        acc = fmaf(wf.x, xf.x, acc);
-        acc = fmaf(wf.y, xf.y, acc);
-    }
-    return acc;
-}
-
 // The end of row `row` (j-th of the warp's rows): the warp's sum, bias and residual, stored. Kept
 // out of line: the unrolled loop calls it once per row, and inlined G1A_DEPTH times it costs
 // registers.
@@ -275,8 +266,7 @@ __device__ __noinline__ void gemv1_finish(float s, int j, int row, float bias_la
         bn = __shfl_sync(0xffffffffu, bias_lane, j);
         old = __shfl_sync(0xffffffffu, old_lane, j);
     } else {
-        if (bias != nullptr)
-            bn = mode < 2 ? __half2float(reinterpret_cast<const __half*>(bias)[row]) : reinterpret_cast<const float*>(bias)[row];
+        bn = gemv_bias(bias, mode, row);
         if (mode == 3) old = reinterpret_cast<const float*>(y)[row];
     }
     if ((threadIdx.x & 31) == 0) gemv_store(y, N, mode, 0, row, v + bn, old, nkv, kc, vc, slots, len, t, ctx);
@@ -322,11 +312,7 @@ extern "C" __global__ void __launch_bounds__(G1_WARPS * 32)
         if (u < total) g1a_copy(my + u * 32, ws + (size_t)u * 32);
         g1a_commit();
     }
-    auto bias_of = [&](int c) -> float {
-        if (bias == nullptr) return 0.f;
-        return mode < 2 ? __half2float(reinterpret_cast<const __half*>(bias)[c]) : reinterpret_cast<const float*>(bias)[c];
-    };
-    const float bias_lane = r0 + lane < r1 ? bias_of(r0 + lane) : 0.f;
+    const float bias_lane = r0 + lane < r1 ? gemv_bias(bias, mode, r0 + lane) : 0.f;
     pdl_launch();
     pdl_wait();
     gemv1_stage_x(xin, ln_g, ln_b, eps, xs, K, warp, warps, lane);

@@ -165,7 +165,7 @@ pub struct Kernels {
     gemv_wave: usize,
     /// Input bytes the GEMV kernel stages in shared memory at most (see [`GEMV_XS`]).
     gemv_xs: usize,
-    /// Multiprocessors of the GPU (the shared-memory GEMV gives each block N / sms features).
+    /// Multiprocessors of the GPU (gemv1_f16's grid is `gemv1_blocks` per multiprocessor).
     sms: usize,
     /// The GEMV kernel [`Kernels::gemv_kv`] prefers (see [`Kernels::set_gemv_kind`]).
     gemv_kind: Cell<GemvKind>,
