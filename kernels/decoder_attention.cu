@@ -262,15 +262,44 @@ __device__ void attend_part(const __half* __restrict__ q, const SplitKv& kv, int
     }
 }
 
-// The merge of the n_splits partial results at p (one (row, head)) into out[0..DH), thread d < DH.
-__device__ __forceinline__ void merge_parts(const float* p, int n_splits, __half* __restrict__ out, int d) {
-    float m = NEG_INF;
-    for (int s = 0; s < n_splits; s++) m = fmaxf(m, __ldcg(p + s * PART));
-    float l = 0.f, o = 0.f;
-    for (int s = 0; s < n_splits; s++) {
-        const float w = expf(__ldcg(p + s * PART) - m);  // 0 for empty splits (m_s = -inf); split 0 is never empty
-        l += w * __ldcg(p + s * PART + 1);
-        o += w * __ldcg(p + s * PART + 2 + d);
+// Splits merge_parts loads in one round trip (more: two passes over memory).
+#define MERGE_MAX 16
+
+// The merge of the n_splits partial results at p (one (row, head)) into out[0..DH), called by
+// every thread of the block (thread d < DH writes out[d]). Up to MERGE_MAX splits every value is
+// requested at once, the splits' (max, sum) through shared memory: one round trip at the end of
+// the chain instead of two. The sums run in the same order either way.
+__device__ __forceinline__ void merge_parts(const float* p, int n_splits, __half* __restrict__ out) {
+    __shared__ float ml[MERGE_MAX][2];
+    const int d = threadIdx.x;
+    float m = NEG_INF, l = 0.f, o = 0.f;
+    if (n_splits <= MERGE_MAX) {
+        float os[MERGE_MAX];
+#pragma unroll
+        for (int s = 0; s < MERGE_MAX; s++) os[s] = (s < n_splits && d < DH) ? __ldcg(p + s * PART + 2 + d) : 0.f;
+        if (d < n_splits) {
+            ml[d][0] = __ldcg(p + d * PART);
+            ml[d][1] = __ldcg(p + d * PART + 1);
+        }
+        __syncthreads();
+        if (d >= DH) return;
+        for (int s = 0; s < n_splits; s++) m = fmaxf(m, ml[s][0]);
+#pragma unroll
+        for (int s = 0; s < MERGE_MAX; s++) {
+            if (s < n_splits) {
+                const float w = expf(ml[s][0] - m);  // 0 for empty splits (m_s = -inf); split 0 is never empty
+                l += w * ml[s][1];
+                o += w * os[s];
+            }
+        }
+    } else {
+        if (d >= DH) return;
+        for (int s = 0; s < n_splits; s++) m = fmaxf(m, __ldcg(p + s * PART));
+        for (int s = 0; s < n_splits; s++) {
+            const float w = expf(__ldcg(p + s * PART) - m);
+            l += w * __ldcg(p + s * PART + 1);
+            o += w * __ldcg(p + s * PART + 2 + d);
+        }
     }
     out[d] = __float2half_rn(o / l);
 }
@@ -289,7 +318,7 @@ __device__ void merge_if_last(const float* part, unsigned* cnt, __half* __restri
     __syncthreads();
     if (!last) return;
     __threadfence();
-    if (threadIdx.x < DH) merge_parts(part + rh * gridDim.z * PART, splits, out + (size_t)row * n + h * DH, threadIdx.x);
+    merge_parts(part + rh * gridDim.z * PART, splits, out + (size_t)row * n + h * DH);
     if (threadIdx.x == 0) cnt[rh] = 0u;
 }
 
@@ -368,5 +397,5 @@ extern "C" __global__ void attention_combine(const float* __restrict__ part, int
     pdl_launch();
     pdl_wait();
     const int row = blockIdx.x, h = blockIdx.y;
-    merge_parts(part + ((size_t)row * gridDim.y + h) * n_splits * PART, n_splits, out + (size_t)row * n + h * DH, threadIdx.x);
+    merge_parts(part + ((size_t)row * gridDim.y + h) * n_splits * PART, n_splits, out + (size_t)row * n + h * DH);
 }

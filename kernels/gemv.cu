@@ -117,20 +117,6 @@ __device__ __forceinline__ void gemv_store(void* __restrict__ y, int ldy, int mo
     }
 }
 
-// Each block asks the L2 cache for its share of the pf_bytes at pf (16-byte multiple; null: none),
-// the next dense layer's weights, on sm_90 (cp.async.bulk.prefetch: no registers, no shared memory).
-__device__ __forceinline__ void gemv_prefetch_l2(const unsigned char* __restrict__ pf, long long pf_bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (pf == nullptr) return;
-    const long long share = (pf_bytes / gridDim.x + 15) & ~15LL;
-    const long long b1 = min(pf_bytes, share * (blockIdx.x + 1));
-    for (long long o = share * blockIdx.x + threadIdx.x * 4096LL; o < b1; o += blockDim.x * 4096LL) {
-        const unsigned size = (unsigned)min(4096LL, b1 - o);
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(pf + o), "r"(size) : "memory");
-    }
-#endif
-}
-
 // w: fp16 [N][K] (torch layout). bias [N] or null, in the output's type (as cuBLASLt takes it).
 // Input: when ln_g is null, x is fp16 [M][ldx]. Otherwise x is the f32 residual stream [M][K]
 // (K % 128 == 0, K <= 1280) and each block first computes LayerNorm(x) (two-pass moments in
@@ -141,17 +127,13 @@ __device__ __forceinline__ void gemv_prefetch_l2(const unsigned char* __restrict
 // KV append (mode 0, QKV of a decoder layer, N = 3 nkv): when kc is not null, the outputs of
 // columns nkv..2nkv (keys) and 2nkv..3nkv (values) of row r = s * t + i also go to position
 // *len_ptr + i of cache slot slots[s] of kc / vc ([slot][ctx][nkv] fp16): kv_append's job.
-// pf, pf_bytes (16-byte multiple): the next dense layer's weights, or null: on sm_90 the blocks
-// ask the L2 cache to fetch them (cp.async.bulk.prefetch: no registers, no shared memory), so the
-// weight stream runs on across the kernel boundary and the attention kernels between.
 // Launch: GEMV_WARPS * 32 threads, xs_bytes of dynamic shared memory: M*K*2 when LayerNorm is
 // fused, M*K*2 or 0 (x read from global memory) otherwise; any grid (it strides over N).
 extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, 5)
     gemv_f16(const __half* __restrict__ w, const void* __restrict__ xin, const float* __restrict__ ln_g,
              const float* __restrict__ ln_b, float eps, const void* __restrict__ bias, void* __restrict__ y, int M,
              int N, int K, int ldx, int ldy, int mode, int xs_bytes, __half* __restrict__ kc,
-             __half* __restrict__ vc, const int* __restrict__ slots, const int* __restrict__ len_ptr, int t, int ctx,
-             const unsigned char* __restrict__ pf, long long pf_bytes) {
+             __half* __restrict__ vc, const int* __restrict__ slots, const int* __restrict__ len_ptr, int t, int ctx) {
     extern __shared__ __align__(16) __half xs[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int stride = gridDim.x * GEMV_WARPS;
@@ -170,7 +152,6 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, 5)
     // depend on an earlier kernel, so under Programmatic Dependent Launch they are issued before
     // the wait (while the previous kernel finishes); x, y and everything else only after it.
     load(n, lane * 8);
-    gemv_prefetch_l2(pf, pf_bytes);
     // The bias is a weight too: read before the wait (the next column's during a reduction).
     auto bias_of = [&](int c) -> float { return c < N ? gemv_bias(bias, mode, c) : 0.f; };
     float bn = bias_of(n);
@@ -313,6 +294,14 @@ extern "C" __global__ void __launch_bounds__(G1_WARPS * 32)
         g1a_commit();
     }
     const float bias_lane = r0 + lane < r1 ? gemv_bias(bias, mode, r0 + lane) : 0.f;
+    // LayerNorm's gamma and beta are weights too: into L1 before the wait, so that the
+    // normalisation after it waits on one round trip (x), not two.
+    if (ln_g != nullptr && warp == warps - 1) {
+        for (int i = lane * 32; i < K; i += 32 * 32) {
+            asm volatile("prefetch.global.L1 [%0];" ::"l"(ln_g + i));
+            asm volatile("prefetch.global.L1 [%0];" ::"l"(ln_b + i));
+        }
+    }
     pdl_launch();
     pdl_wait();
     gemv1_stage_x(xin, ln_g, ln_b, eps, xs, K, warp, warps, lane);

@@ -469,7 +469,7 @@ fn kv_cache_and_embedding_kernels_match_cpu() {
             let dy = fx.poison(m * 3 * n * 2);
             let (dk2, dv2) = (fx.f16s(&kc), fx.f16s(&vc));
             let append = KvAppend { k_cache: dk2.ptr() + layer_bytes, v_cache: dv2.ptr() + layer_bytes, slots: ds.ptr(), len: dlen.ptr(), t: tt, ctx };
-            fx.k.gemv_kv(dwq.ptr(), dxq.ptr(), None, None, dy.ptr(), m, 3 * n, k_in, k_in, 3 * n, GemvOut::F16, Some(append), None).unwrap_or_else(|e| panic!("{e:#}"));
+            fx.k.gemv_kv(dwq.ptr(), dxq.ptr(), None, None, dy.ptr(), m, 3 * n, k_in, k_in, 3 * n, GemvOut::F16, Some(append)).unwrap_or_else(|e| panic!("{e:#}"));
             let y = fx.get_f16(&dy, m * 3 * n);
             let (wk2, wv2) = appended_of(&y, seqs, tt);
             assert_eq!(rel_err(&fx.get_f16(&dk2, wk2.len()), &to64(&wk2)), 0.0, "gemv KV append ({kind:?}, {m} rows): keys differ");

@@ -119,10 +119,7 @@ pub struct DecoderState {
     use_pdl: bool,
     /// Rows up to which PDL selects the GEMV kernel (see [`pdl_gemv_rows`]).
     pdl_gemv_rows: usize,
-    /// Whether each GEMV asks the L2 cache for the next dense layer's weights
-    /// (`WHISPER_TRT_GEMV_PREFETCH=1`; off by default: on the H100 at large-v2 batch 1 the
-    /// step measured slower with it, 2.50 vs 2.45 ms with PDL, 2.69 vs 2.60 ms without).
-    use_prefetch: bool,
+    ablate: Ablate,
     /// The fused one-token step (decoder_step.cu), prepared at the first step that wants it;
     /// `fused_tried` once that was attempted (a model or GPU it does not fit keeps the old path).
     fused: Option<FusedStep>,
@@ -169,7 +166,7 @@ impl DecoderState {
             use_gemv: gemv_enabled(),
             use_pdl: pdl_enabled(),
             pdl_gemv_rows: pdl_gemv_rows(),
-            use_prefetch: std::env::var("WHISPER_TRT_GEMV_PREFETCH").is_ok_and(|v| v == "1"),
+            ablate: Ablate::from_env(),
             fused: None,
             fused_tried: false,
             use_fused: fused_enabled(),
@@ -178,6 +175,39 @@ impl DecoderState {
             // into it completed (copy_from waits for the stream).
             host_logits: unsafe { gpu.ctx.alloc_pinned_with_flags::<f32>(max_rows * c.n_vocab, 0) }.ok(),
         })
+    }
+}
+
+/// Timing experiments on the launch-by-launch step (the results are garbage): which kernels of
+/// each block to leave out, `WHISPER_TRT_STEP_SKIP` = comma-separated names of [`Ablate::NAMES`],
+/// and by how much to divide the output features of every dense layer, `WHISPER_TRT_STEP_SHRINK`
+/// (weights read fall with it; the chain of kernels stays).
+#[derive(Default)]
+struct Ablate {
+    skip: u32,
+    shrink: usize,
+}
+
+impl Dense {
+    fn out(self) -> GemvOut {
+        match self {
+            Dense::F16 => GemvOut::F16,
+            Dense::F16Gelu => GemvOut::F16Gelu,
+            Dense::Residual => GemvOut::F32Add,
+            Dense::Logits => GemvOut::F32,
+        }
+    }
+}
+
+impl Ablate {
+    const NAMES: [&str; 8] = ["qkv", "self", "out", "crossq", "cross", "crossout", "fc1", "fc2"];
+
+    fn from_env() -> Self {
+        let skip = std::env::var("WHISPER_TRT_STEP_SKIP")
+            .map(|v| v.split(',').filter_map(|name| Self::NAMES.iter().position(|&n| n == name.trim())).fold(0, |m, i| m | 1 << i))
+            .unwrap_or(0);
+        let shrink = std::env::var("WHISPER_TRT_STEP_SHRINK").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(1).max(1);
+        Ablate { skip, shrink }
     }
 }
 
@@ -348,8 +378,7 @@ impl CudaSession<'_> {
     /// and GELU fused when the rows are few (and GEMV or PDL is on), else the LayerNorm kernel
     /// (into `h`), cuBLASLt and the GELU kernel. `kv`: the GEMV kernel also appends the keys and
     /// values of this QKV projection to the cache; the answer says whether it did (else the
-    /// caller runs kv_append). `next`: the next dense layer's weights (address, bytes), which the
-    /// GEMV kernel asks the L2 cache for.
+    /// caller runs kv_append).
     #[allow(clippy::too_many_arguments)]
     fn dense(
         &self,
@@ -363,26 +392,19 @@ impl CudaSession<'_> {
         y: u64,
         how: Dense,
         kv: Option<KvAppend>,
-        next: Option<(u64, usize)>,
     ) -> Result<bool> {
         let m = self.model;
         let h = self.st.h.ptr();
         let pdl_gemv = self.st.use_pdl && m.kernels.pdl_supported() && rows <= self.st.pdl_gemv_rows;
         if (self.st.use_gemv || pdl_gemv) && gemv_fits(rows, k) {
-            let out = match how {
-                Dense::F16 => GemvOut::F16,
-                Dense::F16Gelu => GemvOut::F16Gelu,
-                Dense::Residual => GemvOut::F32Add,
-                Dense::Logits => GemvOut::F32,
-            };
-            let next = next.filter(|_| self.st.use_prefetch);
+            let out = how.out();
             match ln {
-                Some(l) if gemv_fuses_ln(rows, k) => m.kernels.gemv_kv(w, x, Some((l.g, l.b)), b, y, rows, n_out, k, k, n_out, out, kv, next)?,
+                Some(l) if gemv_fuses_ln(rows, k) => m.kernels.gemv_kv(w, x, Some((l.g, l.b)), b, y, rows, n_out, k, k, n_out, out, kv)?,
                 Some(l) => {
                     m.kernels.layernorm(x, l.g, l.b, h, rows, k, k)?;
-                    m.kernels.gemv_kv(w, h, None, b, y, rows, n_out, k, k, n_out, out, kv, next)?
+                    m.kernels.gemv_kv(w, h, None, b, y, rows, n_out, k, k, n_out, out, kv)?
                 }
-                None => m.kernels.gemv_kv(w, x, None, b, y, rows, n_out, k, k, n_out, out, kv, next)?,
+                None => m.kernels.gemv_kv(w, x, None, b, y, rows, n_out, k, k, n_out, out, kv)?,
             }
             return Ok(kv.is_some());
         }
@@ -411,7 +433,7 @@ impl CudaSession<'_> {
     fn enqueue(&self, rows: usize, tc: usize) -> Result<()> {
         let m = self.model;
         let c = &m.config;
-        let (w, st) = (&m.dec, &self.st);
+        let st = &self.st;
         let n = c.n_text_state;
         let x = st.x.ptr();
         match st.fused.as_ref().filter(|f| tc == 1 && st.use_fused && f.fits(rows)) {
@@ -430,16 +452,15 @@ impl CudaSession<'_> {
                     cross_table: st.cross_table.ptr(),
                 };
                 f.enqueue(&m.gpu, &b, rows, st.fused_mode)?;
+                let _pdl = m.kernels.pdl_scope(st.use_pdl);
+                self.dense(rows, c.n_vocab, n, Some(&m.dec.ln), x, m.dec.tok_emb, None, st.logits.ptr(), Dense::Logits, None)?;
             }
             None => self.blocks(rows, tc)?,
         }
-        let _pdl = m.kernels.pdl_scope(st.use_pdl);
-        self.dense(rows, c.n_vocab, n, Some(&w.ln), x, w.tok_emb, None, st.logits.ptr(), Dense::Logits, None, None)?;
         Ok(())
     }
 
-    /// The embedding and decoder blocks of a step, kernel by kernel (x then holds the residual
-    /// stream after the last block).
+    /// The embedding, decoder blocks and logits of a step, kernel by kernel.
     fn blocks(&self, rows: usize, tc: usize) -> Result<()> {
         let m = self.model;
         let c = &m.config;
@@ -453,42 +474,49 @@ impl CudaSession<'_> {
         let layer_bytes = (st.max_seqs * st.ctx * n * 2) as u64;
         let kv_ld = c.n_text_layer * 2 * n;
         let merge = Some((st.counters.ptr(), att));
-        // The dense layers' weights in the order they run (each GEMV prefetches the next one's).
-        let (nn, n4) = (n * n * 2, 4 * n * n * 2);
-        let order: Vec<(u64, usize)> = w
-            .blocks
-            .iter()
-            .flat_map(|b| [(b.base.qkv.w, 3 * nn), (b.base.out.w, nn), (b.cross_q.w, nn), (b.cross_out.w, nn), (b.base.fc1.w, n4), (b.base.fc2.w, n4)])
-            .collect();
-        let next = |l: usize, i: usize| order.get(l * 6 + i + 1).copied();
+        // Timing only (results garbage): kernels left out and output features cut (see Ablate).
+        let ab = &st.ablate;
+        let on = |i: usize| ab.skip & (1 << i) == 0;
+        let cut = |n_out: usize| (n_out / ab.shrink).max(1);
         for (l, b) in w.blocks.iter().enumerate() {
             let (kc, vc) = (st.k_cache.ptr() + l as u64 * layer_bytes, st.v_cache.ptr() + l as u64 * layer_bytes);
             // Causal self-attention over the cache (the GEMV kernel appends the new keys and
             // values itself).
             let append = KvAppend { k_cache: kc, v_cache: vc, slots: st.slots.ptr(), len, t: tc, ctx: st.ctx };
-            if !self.dense(rows, 3 * n, n, Some(&b.base.attn_ln), x, b.base.qkv.w, Some(b.base.qkv.b), qkv, Dense::F16, Some(append), next(l, 0))? {
+            if on(0) && !self.dense(rows, 3 * cut(n), n, Some(&b.base.attn_ln), x, b.base.qkv.w, Some(b.base.qkv.b), qkv, Dense::F16, Some(append))? {
                 k.kv_append(qkv, kc, vc, st.slots.ptr(), rows, n, tc, len, st.ctx)?;
             }
-            if st.use_split {
+            if on(1) && st.use_split {
                 let part = st.part.ptr();
                 k.decoder_self_attention_split(qkv, kc, vc, st.slots.ptr(), part, rows, n, c.n_text_head, tc, len, st.ctx, st.self_splits, merge)?;
-            } else {
+            } else if on(1) {
                 k.decoder_self_attention(qkv, kc, vc, st.slots.ptr(), att, rows, n, c.n_text_head, tc, len, st.ctx)?;
             }
-            self.dense(rows, n, n, None, att, b.base.out.w, Some(b.base.out.b), x, Dense::Residual, None, next(l, 1))?;
+            if on(2) {
+                self.dense(rows, cut(n), n, None, att, b.base.out.w, Some(b.base.out.b), x, Dense::Residual, None)?;
+            }
             // Cross-attention over the utterance's keys and values (query in `qkv`, stride n).
-            self.dense(rows, n, n, Some(&b.cross_ln), x, b.cross_q.w, Some(b.cross_q.b), qkv, Dense::F16, None, next(l, 2))?;
+            if on(3) {
+                self.dense(rows, cut(n), n, Some(&b.cross_ln), x, b.cross_q.w, Some(b.cross_q.b), qkv, Dense::F16, None)?;
+            }
             let kv = CrossKv { table: st.cross_table.ptr(), offset: l * 2 * n, tokens: tc };
-            if st.use_split {
+            if on(4) && st.use_split {
                 k.cross_attention_split(qkv, n, kv, kv_ld, c.n_audio_ctx, st.part.ptr(), rows, n, c.n_text_head, merge)?;
-            } else {
+            } else if on(4) {
                 k.cross_attention(qkv, n, kv, kv_ld, c.n_audio_ctx, att, rows, n, c.n_text_head)?;
             }
-            self.dense(rows, n, n, None, att, b.cross_out.w, Some(b.cross_out.b), x, Dense::Residual, None, next(l, 3))?;
+            if on(5) {
+                self.dense(rows, cut(n), n, None, att, b.cross_out.w, Some(b.cross_out.b), x, Dense::Residual, None)?;
+            }
             // MLP.
-            self.dense(rows, 4 * n, n, Some(&b.base.mlp_ln), x, b.base.fc1.w, Some(b.base.fc1.b), u, Dense::F16Gelu, None, next(l, 4))?;
-            self.dense(rows, n, 4 * n, None, u, b.base.fc2.w, Some(b.base.fc2.b), x, Dense::Residual, None, next(l, 5))?;
+            if on(6) {
+                self.dense(rows, cut(4 * n), n, Some(&b.base.mlp_ln), x, b.base.fc1.w, Some(b.base.fc1.b), u, Dense::F16Gelu, None)?;
+            }
+            if on(7) {
+                self.dense(rows, cut(n), 4 * n, None, u, b.base.fc2.w, Some(b.base.fc2.b), x, Dense::Residual, None)?;
+            }
         }
+        self.dense(rows, c.n_vocab, n, Some(&w.ln), x, w.tok_emb, None, st.logits.ptr(), Dense::Logits, None)?;
         Ok(())
     }
 

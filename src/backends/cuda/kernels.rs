@@ -661,12 +661,11 @@ impl Kernels {
         ldy: usize,
         out: GemvOut,
     ) -> Result<()> {
-        self.gemv_kv(w, x, ln, bias, y, m, n, k, ldx, ldy, out, None, None)
+        self.gemv_kv(w, x, ln, bias, y, m, n, k, ldx, ldy, out, None)
     }
 
     /// PDL. [`Kernels::gemv`] that also appends the keys and values of a QKV projection (`n` =
-    /// 3 n_state, fp16 out) to the self-attention cache when `kv` is given, and on sm_90 asks the
-    /// L2 cache to fetch `prefetch` (address, bytes: the next dense layer's weights) meanwhile.
+    /// 3 n_state, fp16 out) to the self-attention cache when `kv` is given.
     #[allow(clippy::too_many_arguments)]
     pub fn gemv_kv(
         &self,
@@ -682,7 +681,6 @@ impl Kernels {
         ldy: usize,
         out: GemvOut,
         kv: Option<KvAppend>,
-        prefetch: Option<(CUdeviceptr, usize)>,
     ) -> Result<()> {
         let fits = if ln.is_some() { gemv_fuses_ln(m, k) } else { gemv_fits(m, k) && ldx.is_multiple_of(8) };
         if !fits {
@@ -704,7 +702,6 @@ impl Kernels {
         let xs_bytes = xs as i32;
         let kv = kv.unwrap_or(KvAppend { k_cache: 0, v_cache: 0, slots: 0, len: 0, t: 1, ctx: 0 });
         let (kc, vc, sl, ln_ptr, tt, cc) = (kv.k_cache, kv.v_cache, kv.slots, kv.len, i32_of(kv.t, "t")?, i32_of(kv.ctx, "ctx")?);
-        let (pf, pf_bytes) = prefetch.map_or((0, 0i64), |(a, b)| (a, (b / 16 * 16) as i64));
         // The one-row streaming GEMV (see gemv1_f16).
         if self.gemv_kind.get() == GemvKind::Stream && m == 1 && k.is_multiple_of(256) && k <= G1_MAX_K && w.is_multiple_of(16) {
             let cfg = LaunchConfig {
@@ -726,7 +723,7 @@ impl Kernels {
             gemv_f16,
             "gemv_f16",
             cfg,
-            [&w, &x, &g, &b, &eps, &bias, &y, &mm, &nn, &kk, &lx, &ly, &mode, &xs_bytes, &kc, &vc, &sl, &ln_ptr, &tt, &cc, &pf, &pf_bytes]
+            [&w, &x, &g, &b, &eps, &bias, &y, &mm, &nn, &kk, &lx, &ly, &mode, &xs_bytes, &kc, &vc, &sl, &ln_ptr, &tt, &cc]
         )
     }
 }
