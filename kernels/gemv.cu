@@ -240,15 +240,18 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, 5)
 __device__ __noinline__ void gemv1_finish(float s, int j, int row, float bias_lane, float old_lane,
                                           const void* __restrict__ bias, void* __restrict__ y, int N, int mode,
                                           int nkv, __half* __restrict__ kc, __half* __restrict__ vc,
-                                          const int* __restrict__ slots, int len, int t, int ctx) {
-    const float v = gemv_warp_sum(s);
+                                          const int* __restrict__ slots, int len, int t, int ctx,
+                                          const __half* __restrict__ scales, float scale_lane) {
+    float v = gemv_warp_sum(s);
     float bn = 0.f, old = 0.f;
     if (j < 32) {
         bn = __shfl_sync(0xffffffffu, bias_lane, j);
         old = __shfl_sync(0xffffffffu, old_lane, j);
+        if (scales != nullptr) v *= __shfl_sync(0xffffffffu, scale_lane, j);
     } else {
         bn = gemv_bias(bias, mode, row);
         if (mode == 3) old = reinterpret_cast<const float*>(y)[row];
+        if (scales != nullptr) v *= __half2float(scales[row]);
     }
     if ((threadIdx.x & 31) == 0) gemv_store(y, N, mode, 0, row, v + bn, old, nkv, kc, vc, slots, len, t, ctx);
 }
@@ -323,7 +326,191 @@ extern "C" __global__ void __launch_bounds__(G1_WARPS * 32)
                 if (i + G1A_DEPTH < total) g1a_copy(my + u * 32, ws + (size_t)(i + G1A_DEPTH) * 32);
                 g1a_commit();
                 if (++c == cpr) {
-                    gemv1_finish(s, row - r0, row, bias_lane, old_lane, bias, y, N, mode, nkv, kc, vc, slots, len, t, ctx);
+                    gemv1_finish(s, row - r0, row, bias_lane, old_lane, bias, y, N, mode, nkv, kc, vc, slots, len, t, ctx,
+                                 nullptr, 1.f);
+                    s = 0.f;
+                    c = 0;
+                    row++;
+                }
+            }
+        }
+    }
+    asm volatile("cp.async.wait_all;" ::: "memory");
+}
+
+// ---- int8 weights (weight-only quantization, issue 4) -----------------------------------------
+// w: int8 [N][K] (torch layout) with one fp16 scale per output feature: weight (n, k) is
+// w[n][k] * scales[n]. The kernels sum q * x in f32 and multiply the sum by the row's scale
+// before the bias, so each weight byte is streamed once and never widened to fp16 in memory.
+// Everything else (LayerNorm fusion, modes, KV append, PDL) as the fp16 kernels above.
+
+// The 8 int8 weights of q as exact floats: each byte, made unsigned by ^ 0x80, goes under the
+// exponent of 2^23 by one byte permute (0x4B0000uu is 2^23 + u), and 2^23 + 128 comes off again.
+// (An integer-to-float conversion per weight would cost more issue slots than the bytes allow.)
+__device__ __forceinline__ void gemv_i8_unpack(const uint2& q, float (&f)[8]) {
+    const unsigned lo = q.x ^ 0x80808080u, hi = q.y ^ 0x80808080u;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        f[j] = __int_as_float(__byte_perm(lo, 0x4B000000u, 0x7650 + j)) - 8388736.f;
+        f[4 + j] = __int_as_float(__byte_perm(hi, 0x4B000000u, 0x7650 + j)) - 8388736.f;
+    }
+}
+
+// acc + the 8 unpacked weights wf times the 8 fp16 inputs in xv (ascending k).
+__device__ __forceinline__ float gemv_dot8_i8(const float (&wf)[8], const uint4& xv, float acc) {
+    const __half2* x2 = reinterpret_cast<const __half2*>(&xv);
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const float2 xf = __half22float2(x2[j]);
+        acc = fmaf(wf[2 * j], xf.x, acc);
+        acc = fmaf(wf[2 * j + 1], xf.y, acc);
+    }
+    return acc;
+}
+
+// gemv_f16 with int8 weights: each lane loads 8 weights (8 bytes) per column step of 256.
+// Same arguments plus `scales`; same launch (GEMV_WARPS * 32 threads, xs_bytes, any grid).
+extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, 5)
+    gemv_i8(const signed char* __restrict__ w, const __half* __restrict__ scales, const void* __restrict__ xin,
+            const float* __restrict__ ln_g, const float* __restrict__ ln_b, float eps, const void* __restrict__ bias,
+            void* __restrict__ y, int M, int N, int K, int ldx, int ldy, int mode, int xs_bytes, __half* __restrict__ kc,
+            __half* __restrict__ vc, const int* __restrict__ slots, const int* __restrict__ len_ptr, int t, int ctx) {
+    extern __shared__ __align__(16) __half xs[];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int stride = gridDim.x * GEMV_WARPS;
+    uint2 wv[GEMV_U];
+    auto load = [&](int n, int k0) {
+        const signed char* wr = w + (size_t)n * K;
+#pragma unroll
+        for (int u = 0; u < GEMV_U; u++) {
+            const int k = k0 + u * 256;
+            wv[u] = (n < N && k < K) ? __ldcs(reinterpret_cast<const uint2*>(wr + k)) : make_uint2(0u, 0u);
+        }
+    };
+    int n = blockIdx.x * GEMV_WARPS + warp;
+    load(n, lane * 8);  // weights and scales never depend on an earlier kernel: before the wait
+    auto bias_of = [&](int c) -> float { return c < N ? gemv_bias(bias, mode, c) : 0.f; };
+    auto scale_of = [&](int c) -> float { return c < N ? __half2float(scales[c]) : 0.f; };
+    float bn = bias_of(n), sn = scale_of(n);
+    pdl_launch();
+    pdl_wait();
+    const __half* x = reinterpret_cast<const __half*>(xin);
+    int lx = ldx;
+    if (ln_g != nullptr) {
+        gemv_layernorm(reinterpret_cast<const float*>(xin), ln_g, ln_b, eps, xs, M, K, warp, GEMV_WARPS, lane);
+        __syncthreads();
+        x = xs;
+        lx = K;
+    } else if (xs_bytes > 0) {
+        const int per_row = K >> 3;
+        for (int idx = threadIdx.x; idx < M * per_row; idx += blockDim.x) {
+            const int m = idx / per_row, c = (idx - m * per_row) * 8;
+            *reinterpret_cast<uint4*>(xs + (size_t)m * K + c) = *reinterpret_cast<const uint4*>(x + (size_t)m * ldx + c);
+        }
+        __syncthreads();
+        x = xs;
+        lx = K;
+    }
+    const int len = kc != nullptr ? *len_ptr : 0;
+    const int nkv = N / 3;
+    for (; n < N; n += stride) {
+        const float y_old = (mode == 3 && lane < M) ? reinterpret_cast<const float*>(y)[(size_t)lane * ldy + n] : 0.f;
+        float acc[GEMV_MAX_M];
+#pragma unroll
+        for (int m = 0; m < GEMV_MAX_M; m++) acc[m] = 0.f;
+        for (int k0 = lane * 8; k0 < K; k0 += 256 * GEMV_U) {
+            if (k0 != lane * 8) load(n, k0);
+#pragma unroll
+            for (int u = 0; u < GEMV_U; u++) {
+                const int k = k0 + u * 256;
+                if (k >= K) break;
+                float wf[8];
+                gemv_i8_unpack(wv[u], wf);
+#pragma unroll
+                for (int m = 0; m < GEMV_MAX_M; m++) {
+                    if (m < M) acc[m] = gemv_dot8_i8(wf, *reinterpret_cast<const uint4*>(x + (size_t)m * lx + k), acc[m]);
+                }
+            }
+        }
+        if (n + stride < N) load(n + stride, lane * 8);
+        const float bn_next = bias_of(n + stride), sn_next = scale_of(n + stride);
+#pragma unroll
+        for (int m = 0; m < GEMV_MAX_M; m++) {
+            if (m < M) {
+                const float v = gemv_warp_sum(acc[m]) * sn + bn;
+                const float old = __shfl_sync(0xffffffffu, y_old, m);
+                if (lane == 0) gemv_store(y, ldy, mode, m, n, v, old, nkv, kc, vc, slots, len, t, ctx);
+            }
+        }
+        bn = bn_next;
+        sn = sn_next;
+    }
+}
+
+// gemv1_f16 with int8 weights: the same per-warp stream and ring, in 8-byte items (8 weights per
+// lane, so a row is still K / 256 items and x is read exactly as there), twice as many of them
+// in flight (G1I_DEPTH) to keep the ring's bytes. Arguments as gemv1_f16 plus `scales`; launch
+// as gemv1_f16 with warps * G1I_DEPTH * 256 bytes of dynamic shared memory.
+#define G1I_DEPTH 48
+
+__device__ __forceinline__ void g1i_copy(void* smem, const void* gmem) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"((unsigned)__cvta_generic_to_shared(smem)), "l"(gmem)
+                 : "memory");
+}
+__device__ __forceinline__ void g1i_wait_oldest() { asm volatile("cp.async.wait_group %0;" ::"n"(G1I_DEPTH - 1) : "memory"); }
+
+extern "C" __global__ void __launch_bounds__(G1_WARPS * 32)
+    gemv1_i8(const signed char* __restrict__ w, const __half* __restrict__ scales, const void* __restrict__ xin,
+             const float* __restrict__ ln_g, const float* __restrict__ ln_b, float eps, const void* __restrict__ bias,
+             void* __restrict__ y, int N, int K, int mode, __half* __restrict__ kc, __half* __restrict__ vc,
+             const int* __restrict__ slots, const int* __restrict__ len_ptr, int t, int ctx) {
+    __shared__ __align__(16) __half xs[G1_MAX_K];
+    extern __shared__ __align__(16) uint2 ring8[];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int warps = blockDim.x >> 5;
+    const long long W = (long long)gridDim.x * warps, gw = (long long)blockIdx.x * warps + warp;
+    const int r0 = (int)(N * gw / W), r1 = (int)(N * (gw + 1) / W);
+    const int cpr = K >> 8;
+    const int total = (r1 - r0) * cpr;
+    const uint2* ws = reinterpret_cast<const uint2*>(w + (size_t)r0 * K + lane * 8);
+    uint2* my = ring8 + (size_t)warp * G1I_DEPTH * 32 + lane;
+#pragma unroll
+    for (int u = 0; u < G1I_DEPTH; u++) {
+        if (u < total) g1i_copy(my + u * 32, ws + (size_t)u * 32);
+        g1a_commit();
+    }
+    const float bias_lane = r0 + lane < r1 ? gemv_bias(bias, mode, r0 + lane) : 0.f;
+    const float scale_lane = r0 + lane < r1 ? __half2float(scales[r0 + lane]) : 0.f;
+    if (ln_g != nullptr && warp == warps - 1) {
+        for (int i = lane * 32; i < K; i += 32 * 32) {
+            asm volatile("prefetch.global.L1 [%0];" ::"l"(ln_g + i));
+            asm volatile("prefetch.global.L1 [%0];" ::"l"(ln_b + i));
+        }
+    }
+    pdl_launch();
+    pdl_wait();
+    gemv1_stage_x(xin, ln_g, ln_b, eps, xs, K, warp, warps, lane);
+    const float old_lane = (mode == 3 && r0 + lane < r1) ? reinterpret_cast<const float*>(y)[r0 + lane] : 0.f;
+    const int len = kc != nullptr ? *len_ptr : 0;
+    const int nkv = N / 3;
+    __syncthreads();
+    float s = 0.f;
+    int c = 0, row = r0;
+    for (int base = 0; base < total; base += G1I_DEPTH) {
+#pragma unroll
+        for (int u = 0; u < G1I_DEPTH; u++) {
+            const int i = base + u;
+            if (i < total) {  // the same in every lane
+                g1i_wait_oldest();
+                float wf[8];
+                gemv_i8_unpack(my[u * 32], wf);
+                const uint4 xv = *reinterpret_cast<const uint4*>(xs + c * 256 + lane * 8);
+                s = gemv_dot8_i8(wf, xv, s);
+                if (i + G1I_DEPTH < total) g1i_copy(my + u * 32, ws + (size_t)(i + G1I_DEPTH) * 32);
+                g1a_commit();
+                if (++c == cpr) {
+                    gemv1_finish(s, row - r0, row, bias_lane, old_lane, bias, y, N, mode, nkv, kc, vc, slots, len, t, ctx,
+                                 scales, scale_lane);
                     s = 0.f;
                     c = 0;
                     row++;

@@ -13,7 +13,8 @@
 #      scripts/gpu-test.sh stage .dev/gpu/load-1          # carry: [".dev/gpu/load-1"]; every load but the last
 #      scripts/gpu-test.sh run .dev/gpu/load-N [SUITE...]  # carry: [".dev/gpu/load-N"]: stages it, joins, runs
 #    SUITE: kernels, synthetic, synthetic-nograph (decode steps launch by launch, no CUDA graphs),
-#    tiny.en, tiny.en-beam5, base, speed, gemv-speed, batch (batched transcription and on-GPU
+#    tiny.en, tiny.en-beam5, base, speed, gemv-speed, quant (the int8 kernels and synthetic int8
+#    models against the CPU), quant-tiny.en, quant-base (int8 engine WER against fp16), batch (batched transcription and on-GPU
 #    selection; needs tiny.en packed, LJSpeech too for all 248 clips) (default: kernels synthetic,
 #    plus the greedy suite of every model packed). The log goes to $OUT/gpu-test.log too.
 #
@@ -52,7 +53,7 @@ pack() {
 
     echo "gpu-test.sh: building the test binaries" >&2
     local json
-    json=$(cd "${WHISPER_TRT_BUILD_DIR:-$repo}" && cargo test --release --no-run --test gpu_kernels --test gpu_e2e --message-format=json) \
+    json=$(cd "${WHISPER_TRT_BUILD_DIR:-$repo}" && cargo test --release --no-run --test gpu_kernels --test gpu_e2e --test gpu_quant --message-format=json) \
         || die "cargo test --no-run failed"
     local tree=$PACK_DIR/tree
     rm -rf "$PACK_DIR"
@@ -63,13 +64,13 @@ import json, sys
 for line in sys.stdin:
     try: m = json.loads(line)
     except ValueError: continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("gpu_kernels", "gpu_e2e"):
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("gpu_kernels", "gpu_e2e", "gpu_quant"):
         print(m["target"]["name"], m["executable"])
 ' | while read -r name exe; do
         strip -o "$tree/bin/$name" "$exe"
         xz -9 -T0 "$tree/bin/$name"
     done
-    [[ -f $tree/bin/gpu_kernels.xz && -f $tree/bin/gpu_e2e.xz ]] || die "test binaries not found in cargo's output"
+    [[ -f $tree/bin/gpu_kernels.xz && -f $tree/bin/gpu_e2e.xz && -f $tree/bin/gpu_quant.xz ]] || die "test binaries not found in cargo's output"
     # The binary itself, for the cli suite (build, transcribe and eval as a user runs them).
     (cd "${WHISPER_TRT_BUILD_DIR:-$repo}" && cargo build --release) || die "cargo build --release failed"
     strip -o "$tree/bin/whisper-trt" "${WHISPER_TRT_BUILD_DIR:-$repo}/target/release/whisper-trt"
@@ -141,6 +142,9 @@ run() {
             batch) bin=gpu_e2e filter=batch_gpu:: ;;
             fused) bin=gpu_e2e filter=fused_step ;;
             gemv-speed) bin=gpu_kernels filter=gemv_speed ;;
+            quant) bin=gpu_quant filter=matches_cpu ;;
+            quant-tiny.en) bin=gpu_quant filter=tiny_en_int8_wer ;;
+            quant-base) bin=gpu_quant filter=base_int8_wer ;;
             cli)
                 echo "=== cli" | tee -a "$log"
                 if ! cli_suite 2>&1 | tee -a "$log"; then failed+=(cli); fi

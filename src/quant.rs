@@ -30,7 +30,8 @@ pub const INT4_GROUP: usize = 128;
 
 
 /// The weight-only schemes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum WeightQuant {
     Int8,
     Int4,

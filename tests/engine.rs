@@ -45,6 +45,7 @@ fn sample() -> Engine {
                 max_batch: 16,
                 beam_width: 5,
                 max_new_tokens: 224,
+                weight_only: None,
             },
             gpu_name: "NVIDIA H100 80GB HBM3".into(),
             compute_capability: (9, 0),
@@ -339,7 +340,7 @@ mod synthetic_weights {
         assert_ne!(a, other.get(q, &[384, 384]).unwrap().data);
         assert!(a.iter().all(|v| v.is_finite() && v.abs() < 0.1));
         // The CUDA layout accepts them (no GPU needed), and the engine file round-trips them.
-        let tensors = whisper_trt::backends::cuda::layout::engine_tensors(&config, &w).unwrap();
+        let tensors = whisper_trt::backends::cuda::layout::engine_tensors(&config, &w, None).unwrap();
         assert!(tensors
             .iter()
             .all(|t| t.dtype != Dtype::F16 || t.data.len() == 2 * t.shape.iter().product::<usize>()));
@@ -351,6 +352,46 @@ mod synthetic_weights {
         engine.save(&path).unwrap();
         let loaded = Engine::load(&path).unwrap();
         assert_eq!(loaded.tensors, engine.tensors);
+    }
+
+    /// `--weight-only int8`: every linear layer's weight and the token embedding become int8 with
+    /// fp16 row scales (the convolutions stay fp16), and dequantized they equal the CPU
+    /// reference's round trip of the same tensor.
+    #[test]
+    fn int8_layout_quantizes_the_linear_layers() {
+        use whisper_trt::backends::cuda::layout::engine_tensors;
+        use whisper_trt::quant::{round_trip, WeightQuant};
+        let (config, w) = synthetic::synthetic("tiny", 3).unwrap();
+        let fp16 = engine_tensors(&config, &w, None).unwrap();
+        let int8 = engine_tensors(&config, &w, Some(WeightQuant::Int8)).unwrap();
+        let find = |ts: &[whisper_trt::engine::EngineTensor], name: &str| ts.iter().find(|t| t.name == name).cloned();
+        let (n, layers) = (config.n_text_state, config.n_audio_layer + config.n_text_layer);
+        // qkv, out, fc1, fc2 per layer; cross_q and cross_out per decoder layer; the fused cross
+        // K/V and the token embedding.
+        let want = 4 * layers + 2 * config.n_text_layer + 2;
+        assert_eq!(int8.iter().filter(|t| t.dtype == Dtype::I8).count(), want);
+        for t in int8.iter().filter(|t| t.dtype == Dtype::I8) {
+            let s = find(&int8, &whisper_trt::backends::cuda::layout::scale_name(&t.name)).unwrap_or_else(|| panic!("{}: no scales", t.name));
+            assert_eq!((s.dtype, s.shape.clone()), (Dtype::F16, vec![t.shape[0]]), "{}", t.name);
+            assert_eq!(find(&fp16, &t.name).unwrap().shape, t.shape, "{}", t.name);
+        }
+        for name in ["enc.conv1.w", "enc.conv2.w", "enc.pos", "dec.pos"] {
+            assert_eq!(find(&int8, name).unwrap().dtype, Dtype::F16, "{name}");
+        }
+        // The token embedding against quant's round trip of the canonical tensor.
+        let emb = find(&int8, "dec.tok_emb").unwrap();
+        let scales = find(&int8, "dec.tok_emb.s").unwrap();
+        let rt = round_trip(w.get("decoder.token_embedding.weight", &[config.n_vocab, n]).unwrap(), WeightQuant::Int8).unwrap();
+        for row in [0, 17, config.n_vocab - 1] {
+            let s = half::f16::from_le_bytes([scales.data[2 * row], scales.data[2 * row + 1]]).to_f32();
+            for c in 0..n {
+                assert_eq!(emb.data[row * n + c] as i8 as f32 * s, rt.data[row * n + c], "row {row} column {c}");
+            }
+        }
+        // Half the bytes, give or take the fp16 parts.
+        let bytes = |ts: &[whisper_trt::engine::EngineTensor]| ts.iter().map(|t| t.data.len()).sum::<usize>() as f64;
+        let ratio = bytes(&int8) / bytes(&fp16);
+        assert!((0.5..0.56).contains(&ratio), "int8 engine tensors are {ratio:.3} of fp16's");
     }
 }
 
@@ -419,6 +460,7 @@ mod build_command {
             max_batch: 16,
             beam_width: 5,
             max_new_tokens: 224,
+            weight_only: None,
         };
         check_options(&ok, &config).unwrap();
         let msg = line(

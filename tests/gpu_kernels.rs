@@ -503,7 +503,7 @@ fn kv_cache_and_embedding_kernels_match_cpu() {
     let pos = r.vec16(n_ctx * n, 1.0);
     let tokens: Vec<i32> = (0..rows).map(|_| r.below(vocab) as i32).collect();
     let (de, dpos, dt, dx) = (fx.f16s(&emb), fx.f16s(&pos), fx.i32s(&tokens), fx.poison(rows * n * 4));
-    fx.k.embed_tokens(dt.ptr(), de.ptr(), dpos.ptr(), dx.ptr(), rows, n, t, dlen.ptr()).unwrap();
+    fx.k.embed_tokens(dt.ptr(), de.ptr(), 0, dpos.ptr(), dx.ptr(), rows, n, t, dlen.ptr()).unwrap();
     let mut want = Vec::new();
     for (row, &tok) in tokens.iter().enumerate() {
         let p = len + row % t;

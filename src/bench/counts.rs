@@ -60,11 +60,15 @@ impl StepBytes {
 /// [`StepBytes`] of a one-token step of `batch` sequences with `position` tokens already in the
 /// cache (activations, the new K/V row, embeddings rows and the logits written are not counted:
 /// under 0.5% at the sizes benchmarked).
-pub fn decoder_step_bytes(c: &ModelConfig, batch: usize, position: usize) -> StepBytes {
+/// `int8`: the matrices and the token embedding are int8 with an fp16 scale per row
+/// (`--weight-only int8`); else everything is counted at 2 bytes.
+pub fn decoder_step_bytes(c: &ModelConfig, batch: usize, position: usize, int8: bool) -> StepBytes {
     let (n, l, v) = (c.n_text_state as f64, c.n_text_layer as f64, c.n_vocab as f64);
-    // Matrices and biases (3n + n + n + n + 4n + n) and 3 LayerNorms (2n each) per layer.
-    let per_layer = 14.0 * n * n + 11.0 * n + 6.0 * n;
-    let weights = 2.0 * (l * per_layer + 2.0 * n + v * n);
+    // Per layer: matrices of 3n + n + n + n + 4n + n rows of n (14 n^2), as many biases (11n) and
+    // 3 LayerNorms (2n each); then the token embedding (v rows of n) and the final LayerNorm.
+    let (matrices, rows) = (l * 14.0 * n * n + v * n, l * 11.0 * n + v);
+    let small = l * (11.0 * n + 6.0 * n) + 2.0 * n;
+    let weights = if int8 { matrices + 2.0 * rows + 2.0 * small } else { 2.0 * (matrices + small) };
     let b = batch as f64;
     StepBytes {
         weights,

@@ -59,6 +59,9 @@ pub struct BenchArgs {
     /// English tokenizer.json that counts the workload's tokens (default: <models>/tiny.en/tokenizer.json)
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    /// Build the synthetic engine with weight-only quantization (int8; as `build --weight-only`)
+    #[arg(long = "weight-only", num_args = 0..=1, default_missing_value = "int8", value_parser = ["int8", "int4"], conflicts_with = "engine")]
+    pub weight_only: Option<String>,
     /// Skip the test-clean-shaped workload
     #[arg(long = "no-workload")]
     pub no_workload: bool,
@@ -113,7 +116,14 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
             let path = std::env::temp_dir().join(format!("whisper-trt-bench-{}.engine", std::process::id()));
             // Greedy only (beam width 1): the KV cache is sized for max_batch sequences.
             let build_args =
-                BuildArgs { synthetic: Some(size.clone()), output: Some(path.clone()), max_batch, beam_width: 1, ..BuildArgs::defaults() };
+                BuildArgs {
+                    synthetic: Some(size.clone()),
+                    output: Some(path.clone()),
+                    max_batch,
+                    beam_width: 1,
+                    weight_only: args.weight_only.clone(),
+                    ..BuildArgs::defaults()
+                };
             build(&build_args)?;
             let model = CudaModel::load(&path);
             let _ = std::fs::remove_file(&path);
@@ -260,7 +270,7 @@ pub fn utc_now() -> String {
 
 impl Report<'_> {
     fn step_bytes(&self, b: usize) -> counts::StepBytes {
-        counts::decoder_step_bytes(self.model.config(), b, gpu::POSITION)
+        counts::decoder_step_bytes(self.model.config(), b, gpu::POSITION, self.model.options().weight_only.is_some())
     }
 
     fn table(&self) -> String {
@@ -270,7 +280,7 @@ impl Report<'_> {
         let mut out = String::new();
         let gb = |b: f64| b / 1e9;
         out += &format!(
-            "\nwhisper-trt bench: {}, {} (sm_{}{}, {}), {}\nengine: {} max batch {} beam width {}; fp16 weights {:.2} GB\n",
+            "\nwhisper-trt bench: {}, {} (sm_{}{}, {}), {}\nengine: {} max batch {} beam width {}; {} weights {:.2} GB\n",
             self.source,
             m.gpu().name,
             m.gpu().compute_capability.0,
@@ -280,6 +290,7 @@ impl Report<'_> {
             o.dtype,
             o.max_batch,
             o.beam_width,
+            if o.weight_only.is_some() { "int8 weight-only" } else { "fp16" },
             gb(m.weight_bytes() as f64)
         );
         out += &format!(
@@ -432,7 +443,7 @@ impl Report<'_> {
             "gpu": m.gpu().name,
             "compute_capability": format!("{}.{}", m.gpu().compute_capability.0, m.gpu().compute_capability.1),
             "driver": driver_version(),
-            "build_options": {"dtype": o.dtype, "max_batch": o.max_batch, "beam_width": o.beam_width, "max_new_tokens": o.max_new_tokens},
+            "build_options": {"dtype": o.dtype, "max_batch": o.max_batch, "beam_width": o.beam_width, "max_new_tokens": o.max_new_tokens, "weight_only": o.weight_only},
             "engine_ready_s": self.load_s,
             "weight_bytes": m.weight_bytes(),
             "env": env,

@@ -6,6 +6,7 @@ use super::{nvrtc, synthetic};
 use crate::backends::cuda::context::Gpu;
 use crate::backends::cuda::{gemm, layout};
 use crate::model::{ModelConfig, Weights};
+use crate::quant::WeightQuant;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -33,6 +34,10 @@ pub struct BuildArgs {
     /// Most tokens sampled per window (openai-whisper's sample_len, at most n_text_ctx / 2)
     #[arg(long = "max-new-tokens", alias = "max_new_tokens", default_value_t = 224)]
     pub max_new_tokens: usize,
+    /// Weight-only quantization of every linear layer and the token embedding: int8 (per output
+    /// channel; the default when no value is given) or int4 (groups of 128 inputs)
+    #[arg(long = "weight-only", alias = "weight_only", num_args = 0..=1, default_missing_value = "int8", value_parser = ["int8", "int4"])]
+    pub weight_only: Option<String>,
     /// Seeded random weights of an official size instead of a model (for benchmarks)
     #[arg(long, value_parser = synthetic::SIZES)]
     pub synthetic: Option<String>,
@@ -53,6 +58,7 @@ impl BuildArgs {
             max_new_tokens: 224,
             synthetic: None,
             seed: 0,
+            weight_only: None,
         }
     }
 
@@ -62,6 +68,10 @@ impl BuildArgs {
             max_batch: self.max_batch,
             beam_width: self.beam_width,
             max_new_tokens: self.max_new_tokens,
+            weight_only: self.weight_only.as_deref().map(|w| match w {
+                "int4" => WeightQuant::Int4,
+                _ => WeightQuant::Int8,
+            }),
         }
     }
 }
@@ -88,9 +98,20 @@ fn model_name(model_dir: &Path) -> String {
 }
 
 fn engine_path_for(model_name: &str, (major, minor): (u32, u32)) -> PathBuf {
+    engine_path_with(model_name, (major, minor), None)
+}
+
+/// The default engine path of a build with weight-only quantization `wq` (fp16 engines keep
+/// the name transcribe looks for; quantized ones add `-w8` / `-w4`).
+fn engine_path_with(model_name: &str, (major, minor): (u32, u32), wq: Option<WeightQuant>) -> PathBuf {
+    let tag = match wq {
+        None => "",
+        Some(WeightQuant::Int8) => "-w8",
+        Some(WeightQuant::Int4) => "-w4",
+    };
     crate::paths::models_dir()
         .join("engines")
-        .join(format!("{model_name}-sm_{major}{minor}-fp16.engine"))
+        .join(format!("{model_name}-sm_{major}{minor}-fp16{tag}.engine"))
 }
 
 /// The name a synthetic model's engine is saved under by default.
@@ -102,6 +123,9 @@ pub fn synthetic_name(size: &str, seed: u64) -> String {
 pub fn check_options(options: &BuildOptions, config: &ModelConfig) -> Result<()> {
     if options.dtype != "fp16" {
         bail!("--dtype {}: only fp16 engines can be built", options.dtype);
+    }
+    if options.weight_only == Some(WeightQuant::Int4) {
+        bail!("--weight-only int4: int4 engines cannot be built yet (the W4A16 kernels are not written); use --weight-only int8");
     }
     if options.max_batch == 0 || options.beam_width == 0 || options.max_new_tokens == 0 {
         bail!("--max-batch, --beam-width and --max-new-tokens must be at least 1");
@@ -187,7 +211,7 @@ pub fn build(args: &BuildArgs) -> Result<PathBuf> {
     nvrtc::ensure_nvrtc()?;
     let output = match &args.output {
         Some(p) => p.clone(),
-        None => engine_path_for(&name, cc),
+        None => engine_path_with(&name, cc, options.weight_only),
     };
     if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create engine folder", dir.display()))?;
@@ -203,7 +227,7 @@ pub fn build(args: &BuildArgs) -> Result<PathBuf> {
         })?,
         Source::Dir(dir) => step("read weights", || Weights::load(&dir.join("model.safetensors")))?,
     };
-    let tensors = step("lay out weights", || layout::engine_tensors(&config, &weights))?;
+    let tensors = step("lay out weights", || layout::engine_tensors(&config, &weights, options.weight_only))?;
     drop(weights);
     let modules = step("compile kernels", || nvrtc::compile_all(cc.0, cc.1))?;
     let shapes = gemm::gemm_shapes(&config, &options);
@@ -226,6 +250,16 @@ pub fn build(args: &BuildArgs) -> Result<PathBuf> {
         tensors,
         path: None,
     };
+    let weight_bytes: usize = engine.tensors.iter().map(|t| t.data.len()).sum();
+    eprintln!(
+        "build: weights {:.1} MB ({})",
+        weight_bytes as f64 / 1e6,
+        match engine.header.options.weight_only {
+            None => "fp16",
+            Some(WeightQuant::Int8) => "int8 weight-only: linear layers and token embedding int8 per output channel, the rest fp16/f32",
+            Some(WeightQuant::Int4) => "int4 weight-only",
+        }
+    );
     step(&format!("write {}", output.display()), || engine.save(&output))?;
     Ok(output)
 }

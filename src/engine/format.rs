@@ -34,6 +34,10 @@ pub struct BuildOptions {
     pub max_batch: usize,
     pub beam_width: usize,
     pub max_new_tokens: usize,
+    /// Weight-only quantization of the linear layers and the token embedding (`--weight-only`);
+    /// None: fp16 weights.
+    #[serde(default)]
+    pub weight_only: Option<crate::quant::WeightQuant>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]

@@ -387,24 +387,26 @@ impl CudaSession<'_> {
         k: usize,
         ln: Option<&Ln>,
         x: u64,
-        w: u64,
+        w: (u64, u64),
         b: Option<u64>,
         y: u64,
         how: Dense,
         kv: Option<KvAppend>,
     ) -> Result<bool> {
+        // w: (weight, row scales of an int8 weight or 0 for fp16).
+        let (w, ws) = w;
         let m = self.model;
         let h = self.st.h.ptr();
         let pdl_gemv = self.st.use_pdl && m.kernels.pdl_supported() && rows <= self.st.pdl_gemv_rows;
         if (self.st.use_gemv || pdl_gemv) && gemv_fits(rows, k) {
             let out = how.out();
             match ln {
-                Some(l) if gemv_fuses_ln(rows, k) => m.kernels.gemv_kv(w, x, Some((l.g, l.b)), b, y, rows, n_out, k, k, n_out, out, kv)?,
+                Some(l) if gemv_fuses_ln(rows, k) => m.kernels.gemv_q(w, ws, x, Some((l.g, l.b)), b, y, rows, n_out, k, k, n_out, out, kv)?,
                 Some(l) => {
                     m.kernels.layernorm(x, l.g, l.b, h, rows, k, k)?;
-                    m.kernels.gemv_kv(w, h, None, b, y, rows, n_out, k, k, n_out, out, kv)?
+                    m.kernels.gemv_q(w, ws, h, None, b, y, rows, n_out, k, k, n_out, out, kv)?
                 }
-                None => m.kernels.gemv_kv(w, x, None, b, y, rows, n_out, k, k, n_out, out, kv)?,
+                None => m.kernels.gemv_q(w, ws, x, None, b, y, rows, n_out, k, k, n_out, out, kv)?,
             }
             return Ok(kv.is_some());
         }
@@ -415,6 +417,11 @@ impl CudaSession<'_> {
             }
             None => x,
         };
+        if ws != 0 {
+            // int8 weights: the tiled W8A16 kernel (exact GELU in its epilogue).
+            m.kernels.gemm_w8(w, ws, input, b, y, rows, n_out, k, k, n_out, how.out())?;
+            return Ok(false);
+        }
         let shape = match how {
             Dense::F16 | Dense::F16Gelu => GemmShape::linear(rows, n_out, k, Out::F16, Epilogue::Bias, false),
             Dense::Residual => GemmShape::linear(rows, n_out, k, Out::F32, Epilogue::Bias, true),
@@ -453,7 +460,7 @@ impl CudaSession<'_> {
                 };
                 f.enqueue(&m.gpu, &b, rows, st.fused_mode)?;
                 let _pdl = m.kernels.pdl_scope(st.use_pdl);
-                self.dense(rows, c.n_vocab, n, Some(&m.dec.ln), x, m.dec.tok_emb, None, st.logits.ptr(), Dense::Logits, None)?;
+                self.dense(rows, c.n_vocab, n, Some(&m.dec.ln), x, (m.dec.tok_emb, m.dec.tok_scale), None, st.logits.ptr(), Dense::Logits, None)?;
             }
             None => self.blocks(rows, tc)?,
         }
@@ -469,7 +476,7 @@ impl CudaSession<'_> {
         let len = st.len.ptr();
         let (x, qkv, att, u) = (st.x.ptr(), st.qkv.ptr(), st.att.ptr(), st.u.ptr());
         // Launched plainly: it reads the tokens and position a host copy just wrote.
-        k.embed_tokens(st.tokens.ptr(), w.tok_emb, w.pos, x, rows, n, tc, len)?;
+        k.embed_tokens(st.tokens.ptr(), w.tok_emb, w.tok_scale, w.pos, x, rows, n, tc, len)?;
         let _pdl = k.pdl_scope(st.use_pdl);
         let layer_bytes = (st.max_seqs * st.ctx * n * 2) as u64;
         let kv_ld = c.n_text_layer * 2 * n;
@@ -483,7 +490,7 @@ impl CudaSession<'_> {
             // Causal self-attention over the cache (the GEMV kernel appends the new keys and
             // values itself).
             let append = KvAppend { k_cache: kc, v_cache: vc, slots: st.slots.ptr(), len, t: tc, ctx: st.ctx };
-            if on(0) && !self.dense(rows, 3 * cut(n), n, Some(&b.base.attn_ln), x, b.base.qkv.w, Some(b.base.qkv.b), qkv, Dense::F16, Some(append))? {
+            if on(0) && !self.dense(rows, 3 * cut(n), n, Some(&b.base.attn_ln), x, (b.base.qkv.w, b.base.qkv.s), Some(b.base.qkv.b), qkv, Dense::F16, Some(append))? {
                 k.kv_append(qkv, kc, vc, st.slots.ptr(), rows, n, tc, len, st.ctx)?;
             }
             if on(1) && st.use_split {
@@ -493,11 +500,11 @@ impl CudaSession<'_> {
                 k.decoder_self_attention(qkv, kc, vc, st.slots.ptr(), att, rows, n, c.n_text_head, tc, len, st.ctx)?;
             }
             if on(2) {
-                self.dense(rows, cut(n), n, None, att, b.base.out.w, Some(b.base.out.b), x, Dense::Residual, None)?;
+                self.dense(rows, cut(n), n, None, att, (b.base.out.w, b.base.out.s), Some(b.base.out.b), x, Dense::Residual, None)?;
             }
             // Cross-attention over the utterance's keys and values (query in `qkv`, stride n).
             if on(3) {
-                self.dense(rows, cut(n), n, Some(&b.cross_ln), x, b.cross_q.w, Some(b.cross_q.b), qkv, Dense::F16, None)?;
+                self.dense(rows, cut(n), n, Some(&b.cross_ln), x, (b.cross_q.w, b.cross_q.s), Some(b.cross_q.b), qkv, Dense::F16, None)?;
             }
             let kv = CrossKv { table: st.cross_table.ptr(), offset: l * 2 * n, tokens: tc };
             if on(4) && st.use_split {
@@ -506,17 +513,17 @@ impl CudaSession<'_> {
                 k.cross_attention(qkv, n, kv, kv_ld, c.n_audio_ctx, att, rows, n, c.n_text_head)?;
             }
             if on(5) {
-                self.dense(rows, cut(n), n, None, att, b.cross_out.w, Some(b.cross_out.b), x, Dense::Residual, None)?;
+                self.dense(rows, cut(n), n, None, att, (b.cross_out.w, b.cross_out.s), Some(b.cross_out.b), x, Dense::Residual, None)?;
             }
             // MLP.
             if on(6) {
-                self.dense(rows, cut(4 * n), n, Some(&b.base.mlp_ln), x, b.base.fc1.w, Some(b.base.fc1.b), u, Dense::F16Gelu, None)?;
+                self.dense(rows, cut(4 * n), n, Some(&b.base.mlp_ln), x, (b.base.fc1.w, b.base.fc1.s), Some(b.base.fc1.b), u, Dense::F16Gelu, None)?;
             }
             if on(7) {
-                self.dense(rows, cut(n), 4 * n, None, u, b.base.fc2.w, Some(b.base.fc2.b), x, Dense::Residual, None)?;
+                self.dense(rows, cut(n), 4 * n, None, u, (b.base.fc2.w, b.base.fc2.s), Some(b.base.fc2.b), x, Dense::Residual, None)?;
             }
         }
-        self.dense(rows, c.n_vocab, n, Some(&w.ln), x, w.tok_emb, None, st.logits.ptr(), Dense::Logits, None)?;
+        self.dense(rows, c.n_vocab, n, Some(&w.ln), x, (w.tok_emb, w.tok_scale), None, st.logits.ptr(), Dense::Logits, None)?;
         Ok(())
     }
 

@@ -2,6 +2,8 @@
 //! K/V of every decoder layer (one GEMM per window) that the decoder sessions attend to.
 use super::context::{DeviceBuffer, Gpu};
 use super::gemm::{Epilogue, GemmShape, Out};
+use super::kernels::GemvOut;
+use super::weights::Lin;
 use super::CudaModel;
 use crate::model::ModelConfig;
 use anyhow::{bail, Result};
@@ -79,24 +81,24 @@ impl CudaModel {
         for b in &w.blocks {
             k.layernorm(x, b.attn_ln.g, b.attn_ln.b, h, rows, n, n)?;
             prof.mark("layernorm")?;
-            g.run(&GemmShape::linear(rows, 3 * n, n, Out::F16, Epilogue::Bias, false), b.qkv.w, h, Some(b.qkv.b), qkv)?;
+            self.linear(&GemmShape::linear(rows, 3 * n, n, Out::F16, Epilogue::Bias, false), &b.qkv, h, qkv)?;
             prof.mark("gemm qkv")?;
             k.flash_attention(qkv, att, batch, t, n, c.n_audio_head)?;
             prof.mark("attention")?;
-            g.run(&GemmShape::linear(rows, n, n, Out::F32, Epilogue::Bias, true), b.out.w, att, Some(b.out.b), x)?;
+            self.linear(&GemmShape::linear(rows, n, n, Out::F32, Epilogue::Bias, true), &b.out, att, x)?;
             prof.mark("gemm out")?;
             k.layernorm(x, b.mlp_ln.g, b.mlp_ln.b, h, rows, n, n)?;
             prof.mark("layernorm")?;
             if !exact_gelu() {
-                g.run(&GemmShape::linear(rows, 4 * n, n, Out::F16, Epilogue::BiasGelu, false), b.fc1.w, h, Some(b.fc1.b), u)?;
+                self.linear(&GemmShape::linear(rows, 4 * n, n, Out::F16, Epilogue::BiasGelu, false), &b.fc1, h, u)?;
                 prof.mark("gemm fc1")?;
             } else {
-                g.run(&GemmShape::linear(rows, 4 * n, n, Out::F16, Epilogue::Bias, false), b.fc1.w, h, Some(b.fc1.b), u)?;
+                self.linear(&GemmShape::linear(rows, 4 * n, n, Out::F16, Epilogue::Bias, false), &b.fc1, h, u)?;
                 prof.mark("gemm fc1")?;
                 k.gelu_f16(u, rows * 4 * n)?;
                 prof.mark("gelu")?;
             }
-            g.run(&GemmShape::linear(rows, n, 4 * n, Out::F32, Epilogue::Bias, true), b.fc2.w, u, Some(b.fc2.b), x)?;
+            self.linear(&GemmShape::linear(rows, n, 4 * n, Out::F32, Epilogue::Bias, true), &b.fc2, u, x)?;
             prof.mark("gemm fc2")?;
         }
         k.layernorm(x, w.ln_post.g, w.ln_post.b, h, rows, n, n)?;
@@ -111,7 +113,23 @@ impl CudaModel {
         let c = &self.config;
         let (n, t) = (c.n_text_state, c.n_audio_ctx);
         let shape = GemmShape::linear(t, c.n_text_layer * 2 * n, n, Out::F16, Epilogue::Bias, false);
-        self.gemm.run(&shape, self.dec.cross_kv.w, features, Some(self.dec.cross_kv.b), out)
+        self.linear(&shape, &self.dec.cross_kv, features, out)
+    }
+
+    /// `y (+)= x · wᵀ + b` of linear layer `lin` in the shape `s` says: cuBLASLt for an fp16
+    /// weight, the W8A16 kernel (gemm_w8.cu) for an int8 one, whose epilogue computes the exact
+    /// erf GELU where `s` asks for cuBLASLt's bias+GELU.
+    pub(super) fn linear(&self, s: &GemmShape, lin: &Lin, x: CUdeviceptr, y: CUdeviceptr) -> Result<()> {
+        if lin.s == 0 {
+            return self.gemm.run(s, lin.w, x, Some(lin.b), y);
+        }
+        let out = match (s.out, s.epilogue, s.accumulate) {
+            (Out::F16, Epilogue::BiasGelu, _) => GemvOut::F16Gelu,
+            (Out::F16, _, _) => GemvOut::F16,
+            (Out::F32, _, true) => GemvOut::F32Add,
+            (Out::F32, _, false) => GemvOut::F32,
+        };
+        self.kernels.gemm_w8(lin.w, lin.s, x, Some(lin.b), y, s.m, s.n, s.k, s.ldx, s.ldy, out)
     }
 }
 

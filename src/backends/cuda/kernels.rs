@@ -20,7 +20,7 @@ pub const SPLIT_KEYS: usize = 128;
 pub const SPLIT_PART: usize = D_HEAD + 2;
 
 /// Every kernel: (file stem, kernel name).
-pub const FUNCTIONS: [(&str, &str); 19] = [
+pub const FUNCTIONS: [(&str, &str); 23] = [
     ("layernorm", "layernorm_f32_f16"),
     ("conv", "im2col_conv1"),
     ("conv", "im2col_conv2_gelu"),
@@ -39,6 +39,10 @@ pub const FUNCTIONS: [(&str, &str); 19] = [
     ("logits", "topk_logprobs"),
     ("gemv", "gemv_f16"),
     ("gemv", "gemv1_f16"),
+    ("gemv", "gemv_i8"),
+    ("gemv", "gemv1_i8"),
+    ("gemm_w8", "gemm_w8"),
+    ("gemm_w8", "gemm_w8_m32"),
     ("decoder_step", "decoder_step"),
 ];
 
@@ -155,6 +159,10 @@ pub struct Kernels {
     topk_logprobs: CudaFunction,
     gemv_f16: CudaFunction,
     gemv1_f16: CudaFunction,
+    gemv_i8: CudaFunction,
+    gemv1_i8: CudaFunction,
+    gemm_w8: CudaFunction,
+    gemm_w8_m32: CudaFunction,
     /// The fused decoder step (launched by step.rs).
     pub(super) decoder_step: CudaFunction,
     /// GEMV blocks resident at once (4 per multiprocessor, which leaves room for the next
@@ -247,6 +255,9 @@ impl Drop for PdlScope<'_> {
     }
 }
 
+// The weight-only int8 launchers (after `launch!`, which they use).
+mod quant;
+
 fn grid_stride(total: usize, threads: u32) -> LaunchConfig {
     let blocks = total.div_ceil(threads as usize).clamp(1, 1 << 20) as u32;
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
@@ -300,6 +311,10 @@ impl Kernels {
             gemv_f16: f("gemv", "gemv_f16")?,
             decoder_step: f("decoder_step", "decoder_step")?,
             gemv1_f16: f("gemv", "gemv1_f16")?,
+            gemv_i8: f("gemv", "gemv_i8")?,
+            gemv1_i8: f("gemv", "gemv1_i8")?,
+            gemm_w8: f("gemm_w8", "gemm_w8")?,
+            gemm_w8_m32: f("gemm_w8", "gemm_w8_m32")?,
             gemv_wave: std::env::var("WHISPER_TRT_GEMV_WAVE").ok().and_then(|v| v.parse::<usize>().ok()).map_or(4, |w| w.max(1)) * sms,
             gemv_xs: std::env::var("WHISPER_TRT_GEMV_SMEM").ok().and_then(|v| v.parse::<usize>().ok()).map_or(GEMV_XS, |kib| kib << 10),
             sms,
@@ -322,6 +337,8 @@ impl Kernels {
             for func in [
                 &k.gemv_f16,
                 &k.gemv1_f16,
+                &k.gemv_i8,
+                &k.gemv1_i8,
                 &k.decoder_self_attention,
                 &k.decoder_self_attention_split,
                 &k.cross_attention,
@@ -335,10 +352,12 @@ impl Kernels {
             }
         }
         if k.pdl_ok {
-            k.gemv1_f16
-                .set_attribute(sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (G1_WARPS * G1A_RING) as i32)
-                .map_err(|e| anyhow!("cannot give the one-row GEMV its shared-memory ring: {e:?}"))?;
+            for func in [&k.gemv1_f16, &k.gemv1_i8] {
+                func.set_attribute(sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (G1_WARPS * G1A_RING) as i32)
+                    .map_err(|e| anyhow!("cannot give the one-row GEMV its shared-memory ring: {e:?}"))?;
+            }
         }
+        quant::prepare(&k)?;
         Ok(k)
     }
 
@@ -601,13 +620,24 @@ impl Kernels {
     }
 
     /// x f32 `[rows][n]` = token embedding + position embedding (row = s * t + i at len + i;
-    /// `len` an i32 in device memory).
+    /// `len` an i32 in device memory). `tok_scale`: 0 for an fp16 embedding, else the row scales
+    /// of an int8 one.
     #[allow(clippy::too_many_arguments)]
-    pub fn embed_tokens(&self, tokens: CUdeviceptr, tok_emb: CUdeviceptr, pos_emb: CUdeviceptr, x: CUdeviceptr, rows: usize, n: usize, t: usize, len: CUdeviceptr) -> Result<()> {
+    pub fn embed_tokens(&self, tokens: CUdeviceptr, tok_emb: CUdeviceptr, tok_scale: CUdeviceptr, pos_emb: CUdeviceptr, x: CUdeviceptr, rows: usize, n: usize, t: usize, len: CUdeviceptr) -> Result<()> {
         let (nn, tt, ll) = (i32_of(n, "n")?, i32_of(t, "t")?, len);
         let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
         unsafe {
-            self.stream.launch_builder(&self.embed_tokens).arg(&tokens).arg(&tok_emb).arg(&pos_emb).arg(&x).arg(&nn).arg(&tt).arg(&ll).launch(cfg)
+            self.stream
+                .launch_builder(&self.embed_tokens)
+                .arg(&tokens)
+                .arg(&tok_emb)
+                .arg(&tok_scale)
+                .arg(&pos_emb)
+                .arg(&x)
+                .arg(&nn)
+                .arg(&tt)
+                .arg(&ll)
+                .launch(cfg)
         }
         .map_err(launched("embed_tokens"))?;
         Ok(())
@@ -682,6 +712,28 @@ impl Kernels {
         out: GemvOut,
         kv: Option<KvAppend>,
     ) -> Result<()> {
+        self.gemv_q(w, 0, x, ln, bias, y, m, n, k, ldx, ldy, out, kv)
+    }
+
+    /// PDL. [`Kernels::gemv_kv`] for fp16 weights (`scales` 0) or int8 weights `[n][k]` with
+    /// one fp16 scale per row at `scales` (gemv_i8 / gemv1_i8).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv_q(
+        &self,
+        w: CUdeviceptr,
+        scales: CUdeviceptr,
+        x: CUdeviceptr,
+        ln: Option<(CUdeviceptr, CUdeviceptr)>,
+        bias: Option<CUdeviceptr>,
+        y: CUdeviceptr,
+        m: usize,
+        n: usize,
+        k: usize,
+        ldx: usize,
+        ldy: usize,
+        out: GemvOut,
+        kv: Option<KvAppend>,
+    ) -> Result<()> {
         let fits = if ln.is_some() { gemv_fuses_ln(m, k) } else { gemv_fits(m, k) && ldx.is_multiple_of(8) };
         if !fits {
             return Err(anyhow!("internal: GEMV of {m} rows x {k} inputs (ldx {ldx}, LayerNorm {}) is out of the kernel's range", ln.is_some()));
@@ -709,6 +761,9 @@ impl Kernels {
                 block_dim: ((self.gemv1_warps * 32) as u32, 1, 1),
                 shared_mem_bytes: (self.gemv1_warps * G1A_RING) as u32,
             };
+            if scales != 0 {
+                return launch!(self, gemv1_i8, "gemv1_i8", cfg, [&w, &scales, &x, &g, &b, &eps, &bias, &y, &nn, &kk, &mode, &kc, &vc, &sl, &ln_ptr, &tt, &cc]);
+            }
             return launch!(self, gemv1_f16, "gemv1_f16", cfg, [&w, &x, &g, &b, &eps, &bias, &y, &nn, &kk, &mode, &kc, &vc, &sl, &ln_ptr, &tt, &cc]);
         }
         // One wave at most (with LayerNorm fused, every block normalises the rows again).
@@ -718,6 +773,15 @@ impl Kernels {
             block_dim: ((GEMV_WARPS * 32) as u32, 1, 1),
             shared_mem_bytes: xs as u32,
         };
+        if scales != 0 {
+            return launch!(
+                self,
+                gemv_i8,
+                "gemv_i8",
+                cfg,
+                [&w, &scales, &x, &g, &b, &eps, &bias, &y, &mm, &nn, &kk, &lx, &ly, &mode, &xs_bytes, &kc, &vc, &sl, &ln_ptr, &tt, &cc]
+            );
+        }
         launch!(
             self,
             gemv_f16,

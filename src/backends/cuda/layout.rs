@@ -8,11 +8,16 @@
 //!   weight (layer l: keys in rows l*2n..l*2n+n, values in the next n), so that one GEMM per
 //!   window computes all of them.
 //! - Convolutions as im2col GEMMs: `[out][tap][in]` (tap-major), i.e. `[n][3 * n_in]`.
+//! - Weight-only int8 (`--weight-only int8`): every linear layer's weight and the token embedding
+//!   become `NAME.w` int8 `[out][in]` plus `NAME.ws`, one fp16 scale per output row (see
+//!   [`crate::quant`]), quantized after the fusions and the query scaling above (a power of two:
+//!   the same levels, the scales divided exactly). The convolutions stay fp16.
 //! - Biases of GEMMs that write fp16 are fp16; of those that add into the f32 residual stream
 //!   (attention out, MLP out, conv2), f32. LayerNorm parameters are f32. Embeddings are fp16.
 use super::kernels::D_HEAD;
 use crate::engine::{Dtype, EngineTensor};
 use crate::model::{ModelConfig, Weights};
+use crate::quant::{quantize_int8, WeightQuant};
 use anyhow::{bail, Result};
 
 /// Engine tensor names of one residual block, prefix `enc.{i}` or `dec.{i}`.
@@ -28,6 +33,15 @@ fn f16_tensor(name: String, shape: Vec<usize>, data: &[f32]) -> EngineTensor {
 fn f32_tensor(name: String, shape: Vec<usize>, data: &[f32]) -> EngineTensor {
     let bytes = data.iter().flat_map(|v| v.to_le_bytes()).collect();
     EngineTensor { name, dtype: Dtype::F32, shape, data: bytes }
+}
+
+/// The engine name of the row scales of quantized weight `name` (`X.w` -> `X.ws`, `dec.tok_emb`
+/// -> `dec.tok_emb.s`).
+pub fn scale_name(name: &str) -> String {
+    match name.strip_suffix(".w") {
+        Some(stem) => format!("{stem}.ws"),
+        None => format!("{name}.s"),
+    }
 }
 
 /// Checks what the kernels assume of the dimensions.
@@ -51,9 +65,27 @@ pub fn check_dims(c: &ModelConfig) -> Result<()> {
 struct Builder<'a> {
     w: &'a Weights,
     out: Vec<EngineTensor>,
+    quant: Option<WeightQuant>,
 }
 
 impl Builder<'_> {
+    /// A quantizable 2-D weight `[rows][cols]` as `name`: fp16, or (weight-only int8) int8 plus
+    /// its fp16 row scales under [`scale_name`].
+    fn weight(&mut self, name: String, rows: usize, cols: usize, data: &[f32]) -> Result<()> {
+        match self.quant {
+            None => self.out.push(f16_tensor(name, vec![rows, cols], data)),
+            Some(WeightQuant::Int8) => {
+                let q = quantize_int8(data, rows, cols)?;
+                let scales: Vec<u8> = q.scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+                let bytes = q.q.iter().map(|&v| v as u8).collect();
+                self.out.push(EngineTensor { name: scale_name(&name), dtype: Dtype::F16, shape: vec![rows], data: scales });
+                self.out.push(EngineTensor { name, dtype: Dtype::I8, shape: vec![rows, cols], data: bytes });
+            }
+            Some(WeightQuant::Int4) => bail!("int4 engines are not supported yet"),
+        }
+        Ok(())
+    }
+
     fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         Ok(self.w.get(name, shape)?.data.clone())
     }
@@ -70,7 +102,7 @@ impl Builder<'_> {
     fn linear(&mut self, src: &str, dst: &str, n_in: usize, n_out: usize, f32_bias: bool) -> Result<()> {
         let w = self.get(&format!("{src}.weight"), &[n_out, n_in])?;
         let b = self.get(&format!("{src}.bias"), &[n_out])?;
-        self.out.push(f16_tensor(format!("{dst}.w"), vec![n_out, n_in], &w));
+        self.weight(format!("{dst}.w"), n_out, n_in, &w)?;
         self.out.push(if f32_bias { f32_tensor(format!("{dst}.b"), vec![n_out], &b) } else { f16_tensor(format!("{dst}.b"), vec![n_out], &b) });
         Ok(())
     }
@@ -92,7 +124,7 @@ impl Builder<'_> {
         w.extend(self.get(&format!("{src}.attn.value.weight"), &[n, n])?);
         b.extend(std::iter::repeat_n(0.0, n));
         b.extend(self.get(&format!("{src}.attn.value.bias"), &[n])?);
-        self.out.push(f16_tensor(block(dst, "qkv.w"), vec![3 * n, n], &w));
+        self.weight(block(dst, "qkv.w"), 3 * n, n, &w)?;
         self.out.push(f16_tensor(block(dst, "qkv.b"), vec![3 * n], &b));
         self.linear(&format!("{src}.attn.out"), &block(dst, "out"), n, n, true)?;
         self.norm(&format!("{src}.mlp_ln"), &block(dst, "mlp_ln"), n)?;
@@ -116,12 +148,12 @@ fn conv_weight(w: &[f32], n_out: usize, n_in: usize, k: usize) -> Vec<f32> {
 }
 
 /// Every tensor of an engine for `config`, from canonical weights (shapes checked).
-pub fn engine_tensors(config: &ModelConfig, w: &Weights) -> Result<Vec<EngineTensor>> {
+pub fn engine_tensors(config: &ModelConfig, w: &Weights, quant: Option<WeightQuant>) -> Result<Vec<EngineTensor>> {
     let c = config;
     check_dims(c)?;
     w.check_canonical(c)?;
     let (n, n_mels) = (c.n_audio_state, c.n_mels);
-    let mut b = Builder { w, out: Vec::new() };
+    let mut b = Builder { w, out: Vec::new(), quant };
 
     let conv1 = conv_weight(&b.get("encoder.conv1.weight", &[n, n_mels, 3])?, n, n_mels, 3);
     b.out.push(f16_tensor("enc.conv1.w".into(), vec![n, 3 * n_mels], &conv1));
@@ -140,7 +172,7 @@ pub fn engine_tensors(config: &ModelConfig, w: &Weights) -> Result<Vec<EngineTen
 
     let (v, l) = (c.n_vocab, c.n_text_layer);
     let emb = b.get("decoder.token_embedding.weight", &[v, n])?;
-    b.out.push(f16_tensor("dec.tok_emb".into(), vec![v, n], &emb));
+    b.weight("dec.tok_emb".into(), v, n, &emb)?;
     let pos = b.get("decoder.positional_embedding", &[c.n_text_ctx, n])?;
     b.out.push(f16_tensor("dec.pos".into(), vec![c.n_text_ctx, n], &pos));
     let scale = ((n / c.n_text_head) as f32).powf(-0.5);
@@ -151,7 +183,7 @@ pub fn engine_tensors(config: &ModelConfig, w: &Weights) -> Result<Vec<EngineTen
         b.self_block(&src, &dst, n, c.n_text_head)?;
         b.norm(&format!("{src}.cross_attn_ln"), &block(&dst, "cross_ln"), n)?;
         let (qw, qb) = b.query(&format!("{src}.cross_attn"), n, scale)?;
-        b.out.push(f16_tensor(block(&dst, "cross_q.w"), vec![n, n], &qw));
+        b.weight(block(&dst, "cross_q.w"), n, n, &qw)?;
         b.out.push(f16_tensor(block(&dst, "cross_q.b"), vec![n], &qb));
         b.linear(&format!("{src}.cross_attn.out"), &block(&dst, "cross_out"), n, n, true)?;
         kv_w.extend(b.get(&format!("{src}.cross_attn.key.weight"), &[n, n])?);
@@ -159,7 +191,7 @@ pub fn engine_tensors(config: &ModelConfig, w: &Weights) -> Result<Vec<EngineTen
         kv_b.extend(std::iter::repeat_n(0.0, n));
         kv_b.extend(b.get(&format!("{src}.cross_attn.value.bias"), &[n])?);
     }
-    b.out.push(f16_tensor("dec.cross_kv.w".into(), vec![l * 2 * n, n], &kv_w));
+    b.weight("dec.cross_kv.w".into(), l * 2 * n, n, &kv_w)?;
     b.out.push(f16_tensor("dec.cross_kv.b".into(), vec![l * 2 * n], &kv_b));
     b.norm("decoder.ln", "dec.ln", n)?;
     Ok(b.out)

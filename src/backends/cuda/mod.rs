@@ -111,7 +111,7 @@ impl CudaModel {
         let gpu = Gpu::new(0)?;
         let (major, minor) = gpu.compute_capability;
         let modules = crate::engine::nvrtc::compile_all(major, minor)?;
-        let tensors = layout::engine_tensors(&config, weights)?;
+        let tensors = layout::engine_tensors(&config, weights, options.weight_only)?;
         Self::from_parts(gpu, config, options, &modules, &tensors, &[])
     }
 

@@ -167,6 +167,9 @@ impl FusedStep {
         let c = &model.config;
         let gpu = &model.gpu;
         let n = c.n_text_state;
+        if model.dec.tok_scale != 0 {
+            bail!("the fused decoder step takes fp16 weights only, not weight-only int8");
+        }
         if !n.is_multiple_of(64) || n > MAX_STATE || c.n_text_head * 64 != n {
             bail!("the fused decoder step needs n_state a multiple of 64 up to {MAX_STATE} in 64-wide heads, not {n}");
         }

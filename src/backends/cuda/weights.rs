@@ -1,7 +1,7 @@
 //! The engine's tensors on the GPU: one allocation, every tensor at a 256-byte aligned offset,
 //! and typed handles (raw addresses) per layer for the encoder and decoder.
 use super::context::{DeviceBuffer, Gpu};
-use super::layout::block;
+use super::layout::{block, scale_name};
 use crate::engine::{Dtype, EngineTensor};
 use crate::model::ModelConfig;
 use anyhow::{anyhow, bail, Result};
@@ -49,11 +49,13 @@ impl DeviceWeights {
     }
 }
 
-/// A linear layer: fp16 weight `[n_out][n_in]` and its bias.
+/// A linear layer: weight `[n_out][n_in]` and its bias. The weight is fp16, or int8 with one
+/// fp16 scale per output row at `s` (weight-only int8 engines); `s` is 0 for fp16.
 #[derive(Clone, Copy)]
 pub struct Lin {
     pub w: CUdeviceptr,
     pub b: CUdeviceptr,
+    pub s: CUdeviceptr,
 }
 
 /// LayerNorm: f32 gamma and beta.
@@ -90,6 +92,8 @@ pub struct EncoderWeights {
 
 pub struct DecoderWeights {
     pub tok_emb: CUdeviceptr,
+    /// The token embedding's row scales when it is int8, else 0 (see [`Lin`]).
+    pub tok_scale: CUdeviceptr,
     pub pos: CUdeviceptr,
     pub blocks: Vec<DecoderBlock>,
     pub cross_kv: Lin,
@@ -102,10 +106,18 @@ impl DeviceWeights {
     }
 
     fn lin(&self, name: &str, n_in: usize, n_out: usize, bias: Dtype) -> Result<Lin> {
-        Ok(Lin {
-            w: self.get(&format!("{name}.w"), Dtype::F16, &[n_out, n_in])?,
-            b: self.get(&format!("{name}.b"), bias, &[n_out])?,
-        })
+        let (w, s) = self.weight(&format!("{name}.w"), n_out, n_in)?;
+        Ok(Lin { w, b: self.get(&format!("{name}.b"), bias, &[n_out])?, s })
+    }
+
+    /// A 2-D weight that may be quantized: (address, row scales' address or 0 for fp16).
+    fn weight(&self, name: &str, rows: usize, cols: usize) -> Result<(CUdeviceptr, CUdeviceptr)> {
+        match self.index.get(name) {
+            Some((_, Dtype::I8, _)) => {
+                Ok((self.get(name, Dtype::I8, &[rows, cols])?, self.get(&scale_name(name), Dtype::F16, &[rows])?))
+            }
+            _ => Ok((self.get(name, Dtype::F16, &[rows, cols])?, 0)),
+        }
     }
 
     fn block(&self, p: &str, n: usize) -> Result<Block> {
@@ -143,8 +155,10 @@ impl DeviceWeights {
                 })
             })
             .collect::<Result<_>>()?;
+        let (tok_emb, tok_scale) = self.weight("dec.tok_emb", c.n_vocab, n)?;
         Ok(DecoderWeights {
-            tok_emb: self.get("dec.tok_emb", Dtype::F16, &[c.n_vocab, n])?,
+            tok_emb,
+            tok_scale,
             pos: self.get("dec.pos", Dtype::F16, &[c.n_text_ctx, n])?,
             blocks,
             cross_kv: self.lin("dec.cross_kv", n, c.n_text_layer * 2 * n, Dtype::F16)?,
