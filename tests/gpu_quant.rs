@@ -319,12 +319,18 @@ fn engine_wer(model: &str, weight_only: Option<&str>) -> (f64, f64, BTreeMap<Str
     let normalizer = EnglishTextNormalizer::from_json_file(&common::shared().join("data/whisper/english.json")).unwrap();
     let path = common::shared().join(format!("data/reference/{model}/greedy.jsonl"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    // WHISPER_TRT_GPU_SUBSETS: the subsets carried (as in gpu_e2e.rs; default all).
+    let subsets: Option<Vec<String>> =
+        std::env::var("WHISPER_TRT_GPU_SUBSETS").ok().map(|s| s.split(',').map(|x| x.trim().to_string()).collect());
     let (mut words, mut edits) = (0usize, 0usize);
     let mut texts = BTreeMap::new();
     let start = Instant::now();
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let (id, subset, reference) = (v["id"].as_str().unwrap(), v["subset"].as_str().unwrap(), v["normalized_ref"].as_str().unwrap());
+        if subsets.as_ref().is_some_and(|s| !s.iter().any(|x| x == subset)) {
+            continue;
+        }
         let audio = common::reference_audio(subset, id);
         let tr = t.transcribe_file(&audio).unwrap_or_else(|e| panic!("{}: {e:#}", audio.display()));
         words += reference.split_whitespace().count();

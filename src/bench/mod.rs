@@ -138,8 +138,12 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
     let gpu = model.gpu();
     eprintln!("bench: {source}: engine ready in {load_s:.1} s on {}, {:.2} GB of weights", gpu.name, model.weight_bytes() as f64 / 1e9);
 
+    let used = |gpu: &crate::backends::cuda::context::Gpu| gpu.mem_info().map(|(free, total)| total - free);
+    let loaded = (gpu.allocated().0, used(gpu)?);
     eprintln!("bench: ceilings");
     let ceil = gpu::ceilings(gpu)?;
+    // The figures' peak, without the ceilings' own buffers.
+    gpu.reset_peak();
     eprintln!("bench: copy {:.0} GB/s, GEMM {:.0} TFLOP/s", ceil.copy_gb_s, ceil.gemm_tflop_s);
 
     let mels = gpu::random_mels(&model, max_batch);
@@ -185,6 +189,7 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
         dec.push((b, row));
     }
 
+    let mem = Memory { loaded: loaded.0, loaded_driver: loaded.1, peak: gpu.allocated().1, driver: used(gpu)? };
     let wl = match &work {
         Some((utts, tokenizer)) => {
             eprintln!("bench: workload, {} utterances, max batch {max_batch}", utts.len());
@@ -198,7 +203,7 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
         None => None,
     };
 
-    let report = Report { source: &source, model: &model, load_s, ceil, batches: &batches, enc, dec, wl, enc_flops, kv_flops };
+    let report = Report { source: &source, model: &model, load_s, ceil, batches: &batches, enc, dec, wl, enc_flops, kv_flops, mem };
     println!("{}", report.table());
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report.json()?)?;
@@ -228,7 +233,21 @@ fn fused_modes(model: &CudaModel, features: &[crate::backends::cuda::CudaFeature
     Ok(())
 }
 
+/// GPU memory in bytes: what whisper-trt allocated after loading the engine and at most while
+/// the encoder and decoder figures ran ([`Gpu::allocated`]), and what the driver reports in use
+/// on the GPU then (CUDA context, cuBLASLt and allocator slack included; after the figures, also
+/// memory the ceilings freed into the driver's pool).
+///
+/// [`Gpu::allocated`]: crate::backends::cuda::context::Gpu::allocated
+struct Memory {
+    loaded: usize,
+    loaded_driver: usize,
+    peak: usize,
+    driver: usize,
+}
+
 struct Report<'a> {
+    mem: Memory,
     source: &'a str,
     model: &'a CudaModel,
     load_s: f64,
@@ -363,6 +382,14 @@ impl Report<'_> {
             self.step_bytes(1).self_kv / 1e6,
             self.step_bytes(1).cross_kv / 1e6
         );
+        let mem = &self.mem;
+        out += &format!(
+            "GPU memory: allocated by whisper-trt {:.3} GB after load, {:.3} GB at most during the figures above; driver-reported in use {:.3} GB after load, {:.3} GB after the figures\n",
+            gb(mem.loaded as f64),
+            gb(mem.peak as f64),
+            gb(mem.loaded_driver as f64),
+            gb(mem.driver as f64)
+        );
         if let Some(w) = &self.wl {
             out += &format!(
                 "workload (test-clean shape): {} utterances, {} tokens sampled in {} steps, max batch {}: {:.1} s, RTF {:.5} (against 5.4 h), {:.0} tokens/s, peak GPU memory {:.2} GiB{}\n",
@@ -456,6 +483,10 @@ impl Report<'_> {
             "encoder": encoder,
             "decoder": decoder,
             "workload": wl,
+            "memory": {
+                "allocated_after_load": self.mem.loaded, "allocated_peak_figures": self.mem.peak,
+                "driver_used_after_load": self.mem.loaded_driver, "driver_used_after_figures": self.mem.driver,
+            },
         }))
     }
 }

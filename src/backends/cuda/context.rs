@@ -6,6 +6,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Where the CUDA 13 libraries usually live; named in the errors.
@@ -30,6 +31,14 @@ pub struct Gpu {
     pub stream: Arc<CudaStream>,
     pub name: String,
     pub compute_capability: (u32, u32),
+    /// Bytes of device memory this backend holds now and at most (see [`Gpu::allocated`]).
+    mem: Arc<MemCount>,
+}
+
+#[derive(Default)]
+struct MemCount {
+    live: AtomicUsize,
+    peak: AtomicUsize,
 }
 
 fn driver_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> anyhow::Error + '_ {
@@ -52,7 +61,7 @@ impl Gpu {
         if major < 8 {
             bail!("GPU {ordinal} ({name}) has compute capability {major}.{minor}; whisper-trt needs 8.0 or newer");
         }
-        Ok(Gpu { ctx, stream, name, compute_capability: (major as u32, minor as u32) })
+        Ok(Gpu { ctx, stream, name, compute_capability: (major as u32, minor as u32), mem: Arc::default() })
     }
 
     /// `bytes` of zeroed device memory.
@@ -63,7 +72,23 @@ impl Gpu {
             .alloc_zeros::<u8>(bytes.max(256))
             .map_err(|e| anyhow!("GPU out of memory? cannot allocate {bytes} bytes: {e:?}"))?;
         let ptr = slice.device_ptr(&self.stream).0;
-        Ok(DeviceBuffer { _slice: slice, ptr, bytes })
+        let held = bytes.max(256);
+        let live = self.mem.live.fetch_add(held, Ordering::Relaxed) + held;
+        self.mem.peak.fetch_max(live, Ordering::Relaxed);
+        Ok(DeviceBuffer { _slice: slice, ptr, bytes, held, mem: self.mem.clone() })
+    }
+
+    /// Device memory allocated through [`Gpu::alloc`] (buffers alive now, and the most alive at
+    /// once since the start or [`Gpu::reset_peak`]), in bytes: what whisper-trt itself holds,
+    /// without the CUDA context, cuBLASLt's own workspace or allocator slack, which
+    /// [`Gpu::mem_info`] (the driver's view) includes.
+    pub fn allocated(&self) -> (usize, usize) {
+        (self.mem.live.load(Ordering::Relaxed), self.mem.peak.load(Ordering::Relaxed))
+    }
+
+    /// Starts the peak of [`Gpu::allocated`] again from what is alive now.
+    pub fn reset_peak(&self) {
+        self.mem.peak.store(self.mem.live.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     /// A device copy of `data`.
@@ -119,6 +144,14 @@ pub struct DeviceBuffer {
     _slice: CudaSlice<u8>,
     ptr: CUdeviceptr,
     bytes: usize,
+    held: usize,
+    mem: Arc<MemCount>,
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        self.mem.live.fetch_sub(self.held, Ordering::Relaxed);
+    }
 }
 
 impl DeviceBuffer {
