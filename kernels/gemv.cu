@@ -368,82 +368,111 @@ __device__ __forceinline__ float gemv_dot8_i8(const float (&wf)[8], const uint4&
     return acc;
 }
 
-// gemv_f16 with int8 weights: each lane loads 8 weights (8 bytes) per column step of 256.
-// Same arguments plus `scales`; same launch (GEMV_WARPS * 32 threads, xs_bytes, any grid).
-extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, 5)
-    gemv_i8(const signed char* __restrict__ w, const __half* __restrict__ scales, const void* __restrict__ xin,
-            const float* __restrict__ ln_g, const float* __restrict__ ln_b, float eps, const void* __restrict__ bias,
-            void* __restrict__ y, int M, int N, int K, int ldx, int ldy, int mode, int xs_bytes, __half* __restrict__ kc,
-            __half* __restrict__ vc, const int* __restrict__ slots, const int* __restrict__ len_ptr, int t, int ctx) {
-    extern __shared__ __align__(16) __half xs[];
+// ---- int8 weights at a few rows (M <= 8) on the tensor cores ---------------------------------
+// A GEMV with per-row FMAs (gemv_f16) runs out of issue slots before bandwidth at 5-8 rows; here
+// one mma.sync m16n8k16 multiplies 16 output features (the mma's rows, from the int8 weights
+// converted to fp16 in registers: exact) by the 8 input rows (the mma's columns; rows past M are
+// zeros). A block of GMI_WARPS warps owns 16 features; warp j takes the k32 tiles j, j + GMI_WARPS,
+// ..., the partial sums meet in shared memory, and 128 threads finish the 16 x 8 outputs (scale,
+// bias, mode, KV append as gemv_f16). The k index inside a k32 tile is only a labelling (as in
+// gemm_w8.cu): lane (g = lane / 4, c = lane % 4) loads bytes 8c..8c+7 of weight rows g and g + 8
+// (8-byte streaming loads, GMI_U tiles in flight, the first before the PDL wait) and halves
+// 8c..8c+7 of input row g (one 16-byte shared load); mma step s takes k 8c+4s..8c+4s+3 of both.
+// Arguments as gemv_i8 would take them (gemv_f16's plus `scales`); K % 32 == 0, K <= G1_MAX_K.
+// Launch: ceil(N / 16) blocks of GMI_WARPS * 32 threads, 8 * K * 2 bytes of dynamic shared memory
+// (the input rows, LayerNorm applied when ln_g is set).
+#define GMI_WARPS 8
+#define GMI_U 4
+
+// Four int8 (bytes 0..3 of q) as two fp16 pairs, lo = (byte 0, byte 1), hi = (byte 2, byte 3):
+// q ^ 0x80 (q + 128) under the fp16 exponent of 1024 by a byte permute, then - 1152 (exact).
+__device__ __forceinline__ void gmi_cvt4(unsigned q, unsigned& lo, unsigned& hi) {
+    const unsigned u = q ^ 0x80808080u;
+    const unsigned l = __byte_perm(u, 0x64646464u, 0x5150), h = __byte_perm(u, 0x64646464u, 0x5352);
+    asm("sub.f16x2 %0, %1, %2;\n" : "=r"(lo) : "r"(l), "r"(0x64806480u));
+    asm("sub.f16x2 %0, %1, %2;\n" : "=r"(hi) : "r"(h), "r"(0x64806480u));
+}
+
+__device__ __forceinline__ void gmi_mma(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+extern "C" __global__ void __launch_bounds__(GMI_WARPS * 32)
+    gemv_mma_i8(const signed char* __restrict__ w, const __half* __restrict__ scales, const void* __restrict__ xin,
+                const float* __restrict__ ln_g, const float* __restrict__ ln_b, float eps, const void* __restrict__ bias,
+                void* __restrict__ y, int M, int N, int K, int ldx, int ldy, int mode, __half* __restrict__ kc,
+                __half* __restrict__ vc, const int* __restrict__ slots, const int* __restrict__ len_ptr, int t, int ctx) {
+    extern __shared__ __align__(16) __half xs[];  // [8][K]
+    __shared__ float part[GMI_WARPS][16][9];      // (padded: the finishing threads read across warps)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int stride = gridDim.x * GEMV_WARPS;
-    uint2 wv[GEMV_U];
-    auto load = [&](int n, int k0) {
-        const signed char* wr = w + (size_t)n * K;
-#pragma unroll
-        for (int u = 0; u < GEMV_U; u++) {
-            const int k = k0 + u * 256;
-            wv[u] = (n < N && k < K) ? __ldcs(reinterpret_cast<const uint2*>(wr + k)) : make_uint2(0u, 0u);
+    const int g = lane >> 2, c = lane & 3;
+    const int n0 = blockIdx.x * 16;
+    const int tiles = K >> 5;
+    // Rows past N read row N - 1 (never stored).
+    const signed char* wa = w + (size_t)min(n0 + g, N - 1) * K + 8 * c;
+    const signed char* wb = w + (size_t)min(n0 + g + 8, N - 1) * K + 8 * c;
+    uint2 qa[GMI_U], qb[GMI_U];
+    auto load = [&](int j, int tile) {
+        if (tile < tiles) {
+            qa[j] = __ldcs(reinterpret_cast<const uint2*>(wa + tile * 32));
+            qb[j] = __ldcs(reinterpret_cast<const uint2*>(wb + tile * 32));
         }
     };
-    int n = blockIdx.x * GEMV_WARPS + warp;
-    load(n, lane * 8);  // weights and scales never depend on an earlier kernel: before the wait
-    auto bias_of = [&](int c) -> float { return c < N ? gemv_bias(bias, mode, c) : 0.f; };
-    auto scale_of = [&](int c) -> float { return c < N ? __half2float(scales[c]) : 0.f; };
-    float bn = bias_of(n), sn = scale_of(n);
+#pragma unroll
+    for (int j = 0; j < GMI_U; j++) load(j, warp + j * GMI_WARPS);
+    // The finishing thread's feature f and row m: its scale and bias are weights too.
+    const int f = threadIdx.x >> 3, m = threadIdx.x & 7, n = n0 + f;
+    const bool fin = threadIdx.x < 128 && n < N && m < M;
+    const float sc = fin ? __half2float(scales[n]) : 0.f, bn = fin ? gemv_bias(bias, mode, n) : 0.f;
     pdl_launch();
     pdl_wait();
-    const __half* x = reinterpret_cast<const __half*>(xin);
-    int lx = ldx;
     if (ln_g != nullptr) {
-        gemv_layernorm(reinterpret_cast<const float*>(xin), ln_g, ln_b, eps, xs, M, K, warp, GEMV_WARPS, lane);
-        __syncthreads();
-        x = xs;
-        lx = K;
-    } else if (xs_bytes > 0) {
+        gemv_layernorm(reinterpret_cast<const float*>(xin), ln_g, ln_b, eps, xs, M, K, warp, GMI_WARPS, lane);
+    } else {
+        const __half* x = reinterpret_cast<const __half*>(xin);
         const int per_row = K >> 3;
         for (int idx = threadIdx.x; idx < M * per_row; idx += blockDim.x) {
-            const int m = idx / per_row, c = (idx - m * per_row) * 8;
-            *reinterpret_cast<uint4*>(xs + (size_t)m * K + c) = *reinterpret_cast<const uint4*>(x + (size_t)m * ldx + c);
+            const int r = idx / per_row, col = (idx - r * per_row) * 8;
+            *reinterpret_cast<uint4*>(xs + (size_t)r * K + col) = *reinterpret_cast<const uint4*>(x + (size_t)r * ldx + col);
         }
-        __syncthreads();
-        x = xs;
-        lx = K;
     }
+    for (int idx = threadIdx.x; idx < (8 - M) * (K >> 3); idx += blockDim.x)
+        reinterpret_cast<uint4*>(xs + (size_t)M * K)[idx] = make_uint4(0u, 0u, 0u, 0u);
+    const float old = (fin && mode == 3) ? reinterpret_cast<const float*>(y)[(size_t)m * ldy + n] : 0.f;
     const int len = kc != nullptr ? *len_ptr : 0;
-    const int nkv = N / 3;
-    for (; n < N; n += stride) {
-        const float y_old = (mode == 3 && lane < M) ? reinterpret_cast<const float*>(y)[(size_t)lane * ldy + n] : 0.f;
-        float acc[GEMV_MAX_M];
+    __syncthreads();
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    const __half* xr = xs + (size_t)g * K + 8 * c;
+    for (int base = warp; base < tiles; base += GMI_U * GMI_WARPS) {
 #pragma unroll
-        for (int m = 0; m < GEMV_MAX_M; m++) acc[m] = 0.f;
-        for (int k0 = lane * 8; k0 < K; k0 += 256 * GEMV_U) {
-            if (k0 != lane * 8) load(n, k0);
-#pragma unroll
-            for (int u = 0; u < GEMV_U; u++) {
-                const int k = k0 + u * 256;
-                if (k >= K) break;
-                float wf[8];
-                gemv_i8_unpack(wv[u], wf);
-#pragma unroll
-                for (int m = 0; m < GEMV_MAX_M; m++) {
-                    if (m < M) acc[m] = gemv_dot8_i8(wf, *reinterpret_cast<const uint4*>(x + (size_t)m * lx + k), acc[m]);
-                }
+        for (int j = 0; j < GMI_U; j++) {
+            const int tile = base + j * GMI_WARPS;
+            if (tile < tiles) {
+                const uint4 xv = *reinterpret_cast<const uint4*>(xr + tile * 32);
+                unsigned a[4];
+                gmi_cvt4(qa[j].x, a[0], a[2]);
+                gmi_cvt4(qb[j].x, a[1], a[3]);
+                gmi_mma(acc, a, xv.x, xv.y);
+                gmi_cvt4(qa[j].y, a[0], a[2]);
+                gmi_cvt4(qb[j].y, a[1], a[3]);
+                gmi_mma(acc, a, xv.z, xv.w);
+                load(j, tile + GMI_U * GMI_WARPS);
             }
         }
-        if (n + stride < N) load(n + stride, lane * 8);
-        const float bn_next = bias_of(n + stride), sn_next = scale_of(n + stride);
+    }
+    // C fragment: acc[0..1] feature g, rows 2c and 2c + 1; acc[2..3] feature g + 8.
+    part[warp][g][2 * c] = acc[0];
+    part[warp][g][2 * c + 1] = acc[1];
+    part[warp][g + 8][2 * c] = acc[2];
+    part[warp][g + 8][2 * c + 1] = acc[3];
+    __syncthreads();
+    if (fin) {
+        float v = 0.f;
 #pragma unroll
-        for (int m = 0; m < GEMV_MAX_M; m++) {
-            if (m < M) {
-                const float v = gemv_warp_sum(acc[m]) * sn + bn;
-                const float old = __shfl_sync(0xffffffffu, y_old, m);
-                if (lane == 0) gemv_store(y, ldy, mode, m, n, v, old, nkv, kc, vc, slots, len, t, ctx);
-            }
-        }
-        bn = bn_next;
-        sn = sn_next;
+        for (int j = 0; j < GMI_WARPS; j++) v += part[j][f][m];
+        gemv_store(y, ldy, mode, m, n, v * sc + bn, old, N / 3, kc, vc, slots, len, t, ctx);
     }
 }
 

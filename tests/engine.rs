@@ -438,6 +438,10 @@ mod build_command {
             100
         );
         assert!(parse(&["--synthetic", "huge"]).is_err());
+        // --weight-only alone means int8, as `build --int8-kv --weight-only` is typed.
+        assert_eq!(parse(&["--weight-only"]).unwrap().weight_only.as_deref(), Some("int8"));
+        assert_eq!(parse(&["--weight-only", "int4"]).unwrap().weight_only.as_deref(), Some("int4"));
+        assert!(parse(&["--weight-only", "int3"]).is_err());
         assert!(parse(&["--dtype", "fp32"]).is_err());
         assert!(parse(&["--seed", "1"]).is_err(), "--seed only goes with --synthetic");
         assert!(parse(&["--synthetic", "tiny", "--model", "m"]).is_err());

@@ -168,7 +168,7 @@ fn layernorm_f16(xs: &[f32], g: &[f32], b: &[f32], k: usize) -> Vec<f64> {
 
 const OUTS: [GemvOut; 4] = [GemvOut::F16, GemvOut::F16Gelu, GemvOut::F32, GemvOut::F32Add];
 
-/// gemv_i8 and gemv1_i8 (decode steps, a few rows), every output mode, with and without the
+/// gemv_mma_i8 (GemvKind::Warp) and gemv1_i8 (Stream, one row; sm_90) (decode steps, a few rows), every output mode, with and without the
 /// fused LayerNorm.
 #[test]
 #[ignore = "needs a GPU: scripts/gpu-test.sh"]

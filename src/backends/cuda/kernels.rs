@@ -39,7 +39,7 @@ pub const FUNCTIONS: [(&str, &str); 23] = [
     ("logits", "topk_logprobs"),
     ("gemv", "gemv_f16"),
     ("gemv", "gemv1_f16"),
-    ("gemv", "gemv_i8"),
+    ("gemv", "gemv_mma_i8"),
     ("gemv", "gemv1_i8"),
     ("gemm_w8", "gemm_w8"),
     ("gemm_w8", "gemm_w8_m32"),
@@ -61,6 +61,8 @@ const GEMV_XS: usize = 16 << 10;
 const G1_WARPS: usize = 8;
 /// The widest input the one-row streaming GEMV takes (`G1_MAX_K`).
 const G1_MAX_K: usize = 5120;
+/// Threads of a gemv_mma_i8 block (`GMI_WARPS` x 32).
+const GMI_THREADS: usize = 8 * 32;
 /// Bytes of the shared-memory ring per warp of gemv1_f16 (`G1A_DEPTH` x 512).
 const G1A_RING: usize = 24 * 512;
 
@@ -159,7 +161,7 @@ pub struct Kernels {
     topk_logprobs: CudaFunction,
     gemv_f16: CudaFunction,
     gemv1_f16: CudaFunction,
-    gemv_i8: CudaFunction,
+    gemv_mma_i8: CudaFunction,
     gemv1_i8: CudaFunction,
     gemm_w8: CudaFunction,
     gemm_w8_m32: CudaFunction,
@@ -311,7 +313,7 @@ impl Kernels {
             gemv_f16: f("gemv", "gemv_f16")?,
             decoder_step: f("decoder_step", "decoder_step")?,
             gemv1_f16: f("gemv", "gemv1_f16")?,
-            gemv_i8: f("gemv", "gemv_i8")?,
+            gemv_mma_i8: f("gemv", "gemv_mma_i8")?,
             gemv1_i8: f("gemv", "gemv1_i8")?,
             gemm_w8: f("gemm_w8", "gemm_w8")?,
             gemm_w8_m32: f("gemm_w8", "gemm_w8_m32")?,
@@ -337,7 +339,7 @@ impl Kernels {
             for func in [
                 &k.gemv_f16,
                 &k.gemv1_f16,
-                &k.gemv_i8,
+                &k.gemv_mma_i8,
                 &k.gemv1_i8,
                 &k.decoder_self_attention,
                 &k.decoder_self_attention_split,
@@ -774,12 +776,21 @@ impl Kernels {
             shared_mem_bytes: xs as u32,
         };
         if scales != 0 {
+            // int8 weights: 16 features per block on the tensor cores (gemv_mma_i8).
+            if !k.is_multiple_of(32) || k > G1_MAX_K {
+                return Err(anyhow!("internal: the int8 GEMV takes k % 32 == 0 up to {G1_MAX_K}, not {k}"));
+            }
+            let cfg = LaunchConfig {
+                grid_dim: (n.div_ceil(16) as u32, 1, 1),
+                block_dim: (GMI_THREADS as u32, 1, 1),
+                shared_mem_bytes: (GEMV_MAX_M * k * 2) as u32,
+            };
             return launch!(
                 self,
-                gemv_i8,
-                "gemv_i8",
+                gemv_mma_i8,
+                "gemv_mma_i8",
                 cfg,
-                [&w, &scales, &x, &g, &b, &eps, &bias, &y, &mm, &nn, &kk, &lx, &ly, &mode, &xs_bytes, &kc, &vc, &sl, &ln_ptr, &tt, &cc]
+                [&w, &scales, &x, &g, &b, &eps, &bias, &y, &mm, &nn, &kk, &lx, &ly, &mode, &kc, &vc, &sl, &ln_ptr, &tt, &cc]
             );
         }
         launch!(

@@ -22,6 +22,10 @@ const TILE_M32: Tile = Tile { bm: 32, bn: 64, threads: 128, smem: 4 * (32 * 32 *
 /// Both entry points take the largest shared-memory carveout (their 48 KB per block, two or more
 /// blocks per multiprocessor).
 pub(super) fn prepare(k: &Kernels) -> Result<()> {
+    // gemv_mma_i8 stages up to 8 input rows of G1_MAX_K fp16 values.
+    k.gemv_mma_i8
+        .set_attribute(sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (8 * super::G1_MAX_K * 2) as i32)
+        .map_err(|e| anyhow!("cannot give the int8 GEMV its shared memory: {e:?}"))?;
     for f in [&k.gemm_w8, &k.gemm_w8_m32] {
         f.set_attribute(sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100)
             .map_err(|e| anyhow!("cannot set the W8A16 GEMM's shared memory carveout: {e:?}"))?;
