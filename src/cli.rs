@@ -116,6 +116,9 @@ struct TranscribeArgs {
     /// GPU, 8 on the CPU)
     #[arg(long = "batch-size", alias = "batch_size")]
     batch_size: Option<usize>,
+    /// Print time per phase and peak GPU memory on stderr at the end
+    #[arg(long)]
+    stats: bool,
 }
 
 /// Runs the command line; returns the process exit code.
@@ -249,6 +252,7 @@ fn transcribe_with<B: Backend>(transcriber: &Transcriber<B>, args: &TranscribeAr
     }
     let batch = args.batch_size.unwrap_or_else(|| transcriber.default_batch());
     let bar = progress(args.files.len());
+    let start = std::time::Instant::now();
     let mut failures = 0;
     // Windows of all files are batched; results come back in input order.
     transcriber.transcribe_files(&args.files, batch, |i, result| {
@@ -261,6 +265,19 @@ fn transcribe_with<B: Backend>(transcriber: &Transcriber<B>, args: &TranscribeAr
         Ok(())
     })?;
     bar.finish_and_clear();
+    if args.stats {
+        let p = transcriber.phase_times();
+        eprintln!(
+            "stats: {} files in {:.2} s on the {} backend: audio loading and log-mel {:.2} s (loader threads, overlapping the rest), encoder {:.2} s, decoder {:.2} s; {}",
+            args.files.len(),
+            start.elapsed().as_secs_f64(),
+            transcriber.backend.name(),
+            p.load_s,
+            p.encode_s,
+            p.decode_s,
+            transcriber.backend.device_memory().unwrap_or_else(|| "no device memory".into())
+        );
+    }
     Ok(if failures > 0 { 1 } else { 0 })
 }
 

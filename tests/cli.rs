@@ -44,6 +44,20 @@ fn jfk_with_default_model() {
     );
 }
 
+/// `--stats`: one line on stderr with the phases' seconds (on the CPU: no device memory).
+#[test]
+fn stats_line() {
+    let jfk = common::shared().join("data/whisper/jfk.flac");
+    let out = run(&["transcribe", jfk.to_str().unwrap(), "--device", "cpu", "--stats"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let line = stderr.lines().find(|l| l.starts_with("stats: ")).unwrap_or_else(|| panic!("no stats line: {stderr}"));
+    assert!(line.contains("1 files") && line.contains("cpu backend") && line.contains("encoder") && line.contains("decoder"), "{line}");
+    // The phases took time: the encoder of one window is not free.
+    let enc: f64 = line.split("encoder ").nth(1).and_then(|s| s.split(' ').next()).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    assert!(enc > 0.0, "{line}");
+}
+
 #[test]
 fn json_output_file_with_run_alias() {
     let dir = common::temp_dir("cli-json");

@@ -131,13 +131,21 @@ impl<B: Backend> Transcriber<B> {
             // the log-mel take longer than a small model's GPU work), handing them over in order.
             let chunk = per_batch.clamp(2, 16);
             let (tx, rx) = mpsc::sync_channel::<Loaded>(chunk);
+            let times = &self.times;
             scope.spawn(move || {
                 for (c, part) in inputs.chunks(chunk).enumerate() {
                     let start = Instant::now();
                     let loaded: Vec<Loaded> = part
                         .par_iter()
                         .enumerate()
-                        .map(|(j, &audio)| Loaded { input: c * chunk + j, start, windows: load(audio, n_mels) })
+                        .map(|(j, &audio)| {
+                            let t = Instant::now();
+                            let windows = load(audio, n_mels);
+                            if let Ok(mut p) = times.lock() {
+                                p.load_s += t.elapsed().as_secs_f64();
+                            }
+                            Loaded { input: c * chunk + j, start, windows }
+                        })
                         .collect();
                     for l in loaded {
                         if tx.send(l).is_err() {
@@ -220,9 +228,25 @@ impl<B: Backend> Transcriber<B> {
         decoders: &mut HashMap<String, Decoder>,
         book: &mut Book<F>,
     ) -> Result<()> {
-        let config = self.backend.config();
         let mels: Vec<&[f32]> = jobs.iter().map(|j| j.window.mel.data.as_slice()).collect();
+        let t = Instant::now();
         let features = self.backend.encode_batch(&mels)?;
+        self.add_time(|p| p.encode_s += t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let result = self.decode_batch(jobs, &features, decoders, book);
+        self.add_time(|p| p.decode_s += t.elapsed().as_secs_f64());
+        result
+    }
+
+    /// [`Self::run_batch`]'s decoding of the encoded windows.
+    fn decode_batch<F: FnMut(usize, Result<Transcript>) -> Result<()>>(
+        &self,
+        jobs: &[Job],
+        features: &[B::Features],
+        decoders: &mut HashMap<String, Decoder>,
+        book: &mut Book<F>,
+    ) -> Result<()> {
+        let config = self.backend.config();
         if features.len() != jobs.len() {
             bail!("internal: the encoder returned {} windows of {}", features.len(), jobs.len());
         }

@@ -74,11 +74,37 @@ pub struct Transcriber<B: Backend> {
     pub backend: B,
     pub tokenizer: Tokenizer,
     pub options: DecodeOptions,
+    /// Seconds spent per phase so far (`transcribe --stats`).
+    pub times: std::sync::Mutex<PhaseTimes>,
+}
+
+/// Wall seconds per phase of the batched transcription. Audio loading runs on loader threads
+/// (its seconds add up over threads and overlap the GPU work); encoding and decoding run one
+/// after the other on the caller's thread.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PhaseTimes {
+    /// Decoding, resampling and log-mel of the inputs.
+    pub load_s: f64,
+    /// The encoder (and, on the GPU, the cross-attention K/V) of every window.
+    pub encode_s: f64,
+    /// Language detection and decoding of every window.
+    pub decode_s: f64,
 }
 
 impl<B: Backend> Transcriber<B> {
     pub fn new(backend: B, tokenizer: Tokenizer, options: DecodeOptions) -> Self {
-        Transcriber { backend, tokenizer, options }
+        Transcriber { backend, tokenizer, options, times: Default::default() }
+    }
+
+    /// The seconds per phase so far.
+    pub fn phase_times(&self) -> PhaseTimes {
+        self.times.lock().map(|t| *t).unwrap_or_default()
+    }
+
+    fn add_time(&self, f: impl FnOnce(&mut PhaseTimes)) {
+        if let Ok(mut t) = self.times.lock() {
+            f(&mut t);
+        }
     }
 
     /// [`Transcriber::transcribe_many`] over files.

@@ -319,15 +319,20 @@ impl Backend for CudaModel {
         Ok(Box::new(self.new_session(features, per)?))
     }
 
-    /// Memory in use on the whole GPU (cudaMemGetInfo), so other processes count too.
+    /// What whisper-trt allocated (now and at most; weights included) and what the driver
+    /// reports in use on the whole GPU (cudaMemGetInfo: the CUDA context, cuBLASLt's workspace,
+    /// allocator slack and other processes count too).
     fn device_memory(&self) -> Option<String> {
         let (free, total) = self.gpu.mem_info().ok()?;
+        let (live, peak) = self.gpu.allocated();
         let mib = |b: usize| b / (1 << 20);
         Some(format!(
-            "GPU memory in use {} MiB of {} MiB (weights {} MiB)",
+            "GPU memory allocated by whisper-trt {} MiB at most, {} MiB now (weights {} MiB); driver-reported in use {} MiB of {} MiB",
+            mib(peak),
+            mib(live),
+            mib(self.weight_bytes()),
             mib(total - free),
-            mib(total),
-            mib(self.weight_bytes())
+            mib(total)
         ))
     }
 }
