@@ -5,7 +5,7 @@
 //! source continues into several beams.
 use super::context::{DeviceBuffer, Gpu};
 use super::gemm::{Epilogue, GemmShape, Out, PROMPT_TOKENS};
-use super::kernels::{gemv_fits, gemv_fuses_ln, CrossKv, GemvOut, KvAppend, SPLIT_KEYS, SPLIT_PART};
+use super::kernels::{gemv_fits, gemv_fuses_ln, CrossKv, GemvOut, KvAppend, G1_MAX_K, SPLIT_KEYS, SPLIT_PART};
 use super::step::{fused_enabled, FusedMode, FusedStep, StepBuffers};
 use super::weights::Ln;
 use super::{CudaFeatures, CudaModel};
@@ -398,7 +398,10 @@ impl CudaSession<'_> {
         let m = self.model;
         let h = self.st.h.ptr();
         let pdl_gemv = self.st.use_pdl && m.kernels.pdl_supported() && rows <= self.st.pdl_gemv_rows;
-        if (self.st.use_gemv || pdl_gemv) && gemv_fits(rows, k) {
+        // int8 weights at up to 8 rows: the tensor-core GEMV (gemv_mma_i8), built for those
+        // rows, rather than the tiled W8A16 GEMM, whose smallest tiles leave most of the GPU idle.
+        let int8_gemv = ws != 0 && k.is_multiple_of(32) && k <= G1_MAX_K;
+        if (self.st.use_gemv || pdl_gemv || int8_gemv) && gemv_fits(rows, k) {
             let out = how.out();
             match ln {
                 Some(l) if gemv_fuses_ln(rows, k) => m.kernels.gemv_q(w, ws, x, Some((l.g, l.b)), b, y, rows, n_out, k, k, n_out, out, kv)?,

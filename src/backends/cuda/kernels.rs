@@ -60,7 +60,7 @@ const GEMV_XS: usize = 16 << 10;
 /// Warps per block of the one-row streaming GEMV (`G1_WARPS` in gemv.cu).
 const G1_WARPS: usize = 8;
 /// The widest input the one-row streaming GEMV takes (`G1_MAX_K`).
-const G1_MAX_K: usize = 5120;
+pub const G1_MAX_K: usize = 5120;
 /// Threads of a gemv_mma_i8 block (`GMI_WARPS` x 32).
 const GMI_THREADS: usize = 8 * 32;
 /// Bytes of the shared-memory ring per warp of gemv1_f16 (`G1A_DEPTH` x 512).
