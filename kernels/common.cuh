@@ -12,3 +12,15 @@ __device__ __forceinline__ void pdl_launch() { asm volatile("griddepcontrol.laun
 __device__ __forceinline__ void pdl_wait() {}
 __device__ __forceinline__ void pdl_launch() {}
 #endif
+
+// The 8 int8 values of q as exact floats: each byte, made unsigned by ^ 0x80, goes under the
+// exponent of 2^23 by one byte permute (0x4B0000uu is 2^23 + u), and 2^23 + 128 comes off again.
+// (An integer-to-float conversion per value would cost more issue slots than the bytes allow.)
+__device__ __forceinline__ void unpack_i8x8(const uint2& q, float (&f)[8]) {
+    const unsigned lo = q.x ^ 0x80808080u, hi = q.y ^ 0x80808080u;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        f[j] = __int_as_float(__byte_perm(lo, 0x4B000000u, 0x7650 + j)) - 8388736.f;
+        f[4 + j] = __int_as_float(__byte_perm(hi, 0x4B000000u, 0x7650 + j)) - 8388736.f;
+    }
+}

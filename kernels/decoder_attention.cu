@@ -140,28 +140,52 @@ extern "C" __global__ void __launch_bounds__(128) cross_attention(const __half* 
 
 // The keys and values of one split, in registers: thread (grp, sub) holds dims sub*8..sub*8+7 of
 // keys and values grp, grp + 16, ... (SPLIT / 16 of each). All of them are requested at once, so
-// a split costs one memory round trip instead of one per 16 keys.
-struct SplitKv {
-    uint4 k[SPLIT / 16];
-    uint4 v[SPLIT / 16];
+// a split costs one memory round trip instead of one per 16 keys. P holds 8 dims: uint4 for
+// fp16 keys and values, uint2 for the int8 KV cache.
+template <typename P>
+struct SplitKvT {
+    P k[SPLIT / 16];
+    P v[SPLIT / 16];
 };
+typedef SplitKvT<uint4> SplitKv;
+typedef SplitKvT<uint2> SplitKv8;
 
-__device__ __forceinline__ void zero_split(SplitKv& kv) {
+__device__ __forceinline__ void zero8(uint4& p) { p = make_uint4(0u, 0u, 0u, 0u); }
+__device__ __forceinline__ void zero8(uint2& p) { p = make_uint2(0u, 0u); }
+
+template <typename P>
+__device__ __forceinline__ void zero_split(SplitKvT<P>& kv) {
 #pragma unroll
-    for (int p = 0; p < SPLIT / 16; p++) kv.k[p] = kv.v[p] = make_uint4(0u, 0u, 0u, 0u);
+    for (int p = 0; p < SPLIT / 16; p++) {
+        zero8(kv.k[p]);
+        zero8(kv.v[p]);
+    }
 }
 
-// Loads keys and values lo..hi of a split (rows ldk / ldv apart), leaving the others as they
-// are; 128 threads.
-__device__ __forceinline__ void load_split(const __half* k, long long ldk, const __half* v, long long ldv, int lo,
-                                           int hi, SplitKv& kv) {
+// 8 dims as floats: fp16, or int8 levels (the caller applies the scale).
+__device__ __forceinline__ void dims8(const uint4& p, float (&f)[8]) {
+    const __half2* h2 = reinterpret_cast<const __half2*>(&p);
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        const float2 x = __half22float2(h2[e]);
+        f[2 * e] = x.x;
+        f[2 * e + 1] = x.y;
+    }
+}
+__device__ __forceinline__ void dims8(const uint2& p, float (&f)[8]) { unpack_i8x8(p, f); }
+
+// Loads keys and values lo..hi of a split (rows ldk / ldv elements apart; T is __half or
+// signed char, P the matching 8-dim piece), leaving the others as they are; 128 threads.
+template <typename T, typename P>
+__device__ __forceinline__ void load_split(const T* k, long long ldk, const T* v, long long ldv, int lo, int hi,
+                                           SplitKvT<P>& kv) {
     const int grp = threadIdx.x >> 3, sub = threadIdx.x & 7;
 #pragma unroll
     for (int p = 0; p < SPLIT / 16; p++) {
         const int j = p * 16 + grp;
         if (j >= lo && j < hi) {
-            kv.k[p] = *reinterpret_cast<const uint4*>(k + (size_t)j * ldk + sub * 8);
-            kv.v[p] = *reinterpret_cast<const uint4*>(v + (size_t)j * ldv + sub * 8);
+            kv.k[p] = *reinterpret_cast<const P*>(k + (size_t)j * ldk + sub * 8);
+            kv.v[p] = *reinterpret_cast<const P*>(v + (size_t)j * ldv + sub * 8);
         }
     }
 }
@@ -170,9 +194,11 @@ __device__ __forceinline__ void load_split(const __half* k, long long ldk, const
 // Eight threads share a key (16 bytes each, 8 dims), so a pass covers 16 keys. nk <= 0: an empty
 // split (causal rows shorter than the grid). With `out` (the split is the row's only one), the
 // normalised result goes there (fp16, DH values) instead of a partial to `part`: merge_parts's
-// numbers for one split (weight exp(0) = 1).
-__device__ void attend_part(const __half* __restrict__ q, const SplitKv& kv, int nk, float* __restrict__ part,
-                            __half* __restrict__ out = nullptr) {
+// numbers for one split (weight exp(0) = 1). ks, vs: the scales of int8 keys and values (the
+// query is multiplied by ks, the output by vs); 1 for fp16.
+template <typename P>
+__device__ void attend_part(const __half* __restrict__ q, const SplitKvT<P>& kv, int nk, float* __restrict__ part,
+                            __half* __restrict__ out = nullptr, float ks = 1.f, float vs = 1.f) {
     __shared__ float sc[SPLIT];
     __shared__ float qs[DH];
     __shared__ float red[WARPS];
@@ -187,19 +213,17 @@ __device__ void attend_part(const __half* __restrict__ q, const SplitKv& kv, int
         }
         return;
     }
-    if (tid < DH) qs[tid] = __half2float(q[tid]);
+    if (tid < DH) qs[tid] = __half2float(q[tid]) * ks;
     __syncthreads();
     // Scores. Every thread runs every pass, so the shuffles never diverge.
 #pragma unroll
     for (int p = 0; p < SPLIT / 16; p++) {
         const int j = p * 16 + grp;
-        const __half2* h2 = reinterpret_cast<const __half2*>(&kv.k[p]);
+        float f[8];
+        dims8(kv.k[p], f);
         float d = 0.f;
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const float2 f = __half22float2(h2[e]);
-            d += qs[sub * 8 + 2 * e] * f.x + qs[sub * 8 + 2 * e + 1] * f.y;
-        }
+        for (int e = 0; e < 4; e++) d += qs[sub * 8 + 2 * e] * f[2 * e] + qs[sub * 8 + 2 * e + 1] * f[2 * e + 1];
         d += __shfl_xor_sync(0xffffffffu, d, 1);
         d += __shfl_xor_sync(0xffffffffu, d, 2);
         d += __shfl_xor_sync(0xffffffffu, d, 4);
@@ -234,13 +258,10 @@ __device__ void attend_part(const __half* __restrict__ q, const SplitKv& kv, int
         const int j = p * 16 + grp;
         if (j < nk) {
             const float pj = sc[j];
-            const __half2* h2 = reinterpret_cast<const __half2*>(&kv.v[p]);
+            float f[8];
+            dims8(kv.v[p], f);
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const float2 f = __half22float2(h2[e]);
-                acc[2 * e] += pj * f.x;
-                acc[2 * e + 1] += pj * f.y;
-            }
+            for (int e = 0; e < 8; e++) acc[e] += pj * f[e];
         }
     }
 #pragma unroll
@@ -250,6 +271,7 @@ __device__ void attend_part(const __half* __restrict__ q, const SplitKv& kv, int
         float a = 0.f;
 #pragma unroll
         for (int g2 = 0; g2 < 16; g2++) a += acc_s[g2][tid];
+        a *= vs;
         if (out != nullptr) {
             out[tid] = __float2half_rn(a / sum);
             return;
@@ -330,10 +352,12 @@ __device__ void merge_if_last(const float* part, unsigned* cnt, __half* __restri
 // the cache below position len were written before the step's first kernel (host copies, earlier
 // steps; that kernel is launched without PDL), so those keys and values load before the wait;
 // only the step's own positions (the QKV kernel's append) load after it.
-extern "C" __global__ void __launch_bounds__(128) decoder_self_attention_split(
-    const __half* __restrict__ qkv, const __half* __restrict__ k_cache, const __half* __restrict__ v_cache,
-    const int* __restrict__ slots, float* __restrict__ part, unsigned* __restrict__ cnt, __half* __restrict__ out,
-    int n, int t, const int* __restrict__ len_ptr, int ctx) {
+template <typename T, typename P>
+__device__ __forceinline__ void self_split(const __half* __restrict__ qkv, const T* __restrict__ k_cache,
+                                           const T* __restrict__ v_cache, const int* __restrict__ slots,
+                                           float* __restrict__ part, unsigned* __restrict__ cnt,
+                                           __half* __restrict__ out, int n, int t, const int* __restrict__ len_ptr,
+                                           int ctx, const float* __restrict__ ks, const float* __restrict__ vs) {
     pdl_launch();
     const int row = blockIdx.x, h = blockIdx.y, sp = blockIdx.z;
     const int s = row / t, i = row % t;
@@ -342,13 +366,14 @@ extern "C" __global__ void __launch_bounds__(128) decoder_self_attention_split(
     const int used = (n_keys + SPLIT - 1) / SPLIT;
     const int k0 = sp * SPLIT, nk = min(SPLIT, n_keys - k0);
     float* p = part + (((size_t)row * gridDim.y + h) * gridDim.z + sp) * PART;
-    SplitKv kv;
+    SplitKvT<P> kv;
     zero_split(kv);
     if (sp >= used) {
         // Without a counter attention_combine merges every split: this one's empty partial.
         if (cnt == nullptr) attend_part(nullptr, kv, 0, p);
         return;
     }
+    const float k_scale = ks != nullptr ? ks[h] : 1.f, v_scale = vs != nullptr ? vs[h] : 1.f;
     const size_t base = ((size_t)slots[s] * ctx + k0) * n + h * DH;
     const int before = min(nk, len - k0);  // keys of earlier steps
     load_split(k_cache + base, n, v_cache + base, n, 0, before, kv);
@@ -356,11 +381,27 @@ extern "C" __global__ void __launch_bounds__(128) decoder_self_attention_split(
     load_split(k_cache + base, n, v_cache + base, n, max(before, 0), nk, kv);
     const __half* q = qkv + (size_t)row * 3 * n + h * DH;
     if (cnt != nullptr && used == 1) {
-        attend_part(q, kv, nk, p, out + (size_t)row * n + h * DH);
+        attend_part(q, kv, nk, p, out + (size_t)row * n + h * DH, k_scale, v_scale);
         return;
     }
-    attend_part(q, kv, nk, p);
+    attend_part(q, kv, nk, p, nullptr, k_scale, v_scale);
     merge_if_last(part, cnt, out, n, used);
+}
+
+extern "C" __global__ void __launch_bounds__(128) decoder_self_attention_split(
+    const __half* __restrict__ qkv, const __half* __restrict__ k_cache, const __half* __restrict__ v_cache,
+    const int* __restrict__ slots, float* __restrict__ part, unsigned* __restrict__ cnt, __half* __restrict__ out,
+    int n, int t, const int* __restrict__ len_ptr, int ctx) {
+    self_split<__half, uint4>(qkv, k_cache, v_cache, slots, part, cnt, out, n, t, len_ptr, ctx, nullptr, nullptr);
+}
+
+// The same over the int8 cache (`--int8-kv`): k_cache, v_cache int8 [slots][ctx][n]; ks, vs:
+// this layer's scales of keys and values, f32 [heads].
+extern "C" __global__ void __launch_bounds__(128) decoder_self_attention_split_i8(
+    const __half* __restrict__ qkv, const signed char* __restrict__ k_cache, const signed char* __restrict__ v_cache,
+    const int* __restrict__ slots, float* __restrict__ part, unsigned* __restrict__ cnt, __half* __restrict__ out,
+    int n, int t, const int* __restrict__ len_ptr, int ctx, const float* __restrict__ ks, const float* __restrict__ vs) {
+    self_split<signed char, uint2>(qkv, k_cache, v_cache, slots, part, cnt, out, n, t, len_ptr, ctx, ks, vs);
 }
 
 // cross_attention over splits: grid (rows, heads, n_splits), 128 threads; part, cnt, out as
@@ -370,24 +411,44 @@ extern "C" __global__ void __launch_bounds__(128) decoder_self_attention_split(
 // asked L2 for them there and loaded 16 keys per round trip after the wait; copying them to
 // shared memory took 37 KB per block: fewer resident blocks, and slower in isolation, 16.2 vs
 // 11.4 us at 4 rows on the H100.)
+template <typename T, typename P>
+__device__ __forceinline__ void cross_split(const __half* __restrict__ q, int ldq, const T* kv_base, long long ldkv,
+                                            int n_keys, float* __restrict__ part, unsigned* __restrict__ cnt,
+                                            __half* __restrict__ out, int n, const float* __restrict__ ks,
+                                            const float* __restrict__ vs) {
+    const int row = blockIdx.x, h = blockIdx.y, sp = blockIdx.z;
+    const int k0 = sp * SPLIT, nk = min(SPLIT, n_keys - k0);
+    const T* kvp = kv_base + (size_t)k0 * ldkv + h * DH;
+    // The split's keys and values into registers, all at once, before the wait.
+    SplitKvT<P> kv;
+    zero_split(kv);
+    load_split(kvp, ldkv, kvp + n, ldkv, 0, nk, kv);
+    const float k_scale = ks != nullptr ? ks[h] : 1.f, v_scale = vs != nullptr ? vs[h] : 1.f;
+    pdl_launch();
+    pdl_wait();
+    float* p = part + (((size_t)row * gridDim.y + h) * gridDim.z + sp) * PART;
+    attend_part(q + (size_t)row * ldq + h * DH, kv, nk, p, nullptr, k_scale, v_scale);
+    merge_if_last(part, cnt, out, n, gridDim.z);
+}
+
 extern "C" __global__ void __launch_bounds__(128) cross_attention_split(const __half* __restrict__ q, int ldq,
                                                                         const unsigned long long* __restrict__ kv_table,
                                                                         long long kv_off, int t, long long ldkv,
                                                                         int n_keys, float* __restrict__ part,
                                                                         unsigned* __restrict__ cnt,
                                                                         __half* __restrict__ out, int n) {
-    const int row = blockIdx.x, h = blockIdx.y, sp = blockIdx.z;
-    const int k0 = sp * SPLIT, nk = min(SPLIT, n_keys - k0);
-    const __half* kvp = cross_kv(kv_table, kv_off, t, row) + (size_t)k0 * ldkv + h * DH;
-    // The split's keys and values into registers, all at once, before the wait.
-    SplitKv kv;
-    zero_split(kv);
-    load_split(kvp, ldkv, kvp + n, ldkv, 0, nk, kv);
-    pdl_launch();
-    pdl_wait();
-    float* p = part + (((size_t)row * gridDim.y + h) * gridDim.z + sp) * PART;
-    attend_part(q + (size_t)row * ldq + h * DH, kv, nk, p);
-    merge_if_last(part, cnt, out, n, gridDim.z);
+    cross_split<__half, uint4>(q, ldq, cross_kv(kv_table, kv_off, t, blockIdx.x), ldkv, n_keys, part, cnt, out, n,
+                               nullptr, nullptr);
+}
+
+// The same over int8 cross keys and values (`--int8-kv`): the table's entries point at int8
+// [n_keys][ldkv]; kv_off and ldkv count bytes; ks, vs: this layer's scales, f32 [heads].
+extern "C" __global__ void __launch_bounds__(128) cross_attention_split_i8(
+    const __half* __restrict__ q, int ldq, const unsigned long long* __restrict__ kv_table, long long kv_off, int t,
+    long long ldkv, int n_keys, float* __restrict__ part, unsigned* __restrict__ cnt, __half* __restrict__ out, int n,
+    const float* __restrict__ ks, const float* __restrict__ vs) {
+    const signed char* kv = reinterpret_cast<const signed char*>(kv_table[blockIdx.x / t]) + kv_off;
+    cross_split<signed char, uint2>(q, ldq, kv, ldkv, n_keys, part, cnt, out, n, ks, vs);
 }
 
 // Merges the n_splits partial results of every (row, head): grid (rows, heads), DH threads.

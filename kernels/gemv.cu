@@ -344,18 +344,6 @@ extern "C" __global__ void __launch_bounds__(G1_WARPS * 32)
 // before the bias, so each weight byte is streamed once and never widened to fp16 in memory.
 // Everything else (LayerNorm fusion, modes, KV append, PDL) as the fp16 kernels above.
 
-// The 8 int8 weights of q as exact floats: each byte, made unsigned by ^ 0x80, goes under the
-// exponent of 2^23 by one byte permute (0x4B0000uu is 2^23 + u), and 2^23 + 128 comes off again.
-// (An integer-to-float conversion per weight would cost more issue slots than the bytes allow.)
-__device__ __forceinline__ void gemv_i8_unpack(const uint2& q, float (&f)[8]) {
-    const unsigned lo = q.x ^ 0x80808080u, hi = q.y ^ 0x80808080u;
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-        f[j] = __int_as_float(__byte_perm(lo, 0x4B000000u, 0x7650 + j)) - 8388736.f;
-        f[4 + j] = __int_as_float(__byte_perm(hi, 0x4B000000u, 0x7650 + j)) - 8388736.f;
-    }
-}
-
 // acc + the 8 unpacked weights wf times the 8 fp16 inputs in xv (ascending k).
 __device__ __forceinline__ float gemv_dot8_i8(const float (&wf)[8], const uint4& xv, float acc) {
     const __half2* x2 = reinterpret_cast<const __half2*>(&xv);
@@ -487,9 +475,9 @@ extern "C" __global__ void __launch_bounds__(GMI_WARPS * 32)
 // Arguments as gemv1_f16 plus `scales`; launch as gemv1_f16 (same ring bytes). K % 16 == 0.
 __device__ __forceinline__ float gemv_dot16_i8(const uint4& q, const __half* x, float acc) {
     float wf[8];
-    gemv_i8_unpack(make_uint2(q.x, q.y), wf);
+    unpack_i8x8(make_uint2(q.x, q.y), wf);
     acc = gemv_dot8_i8(wf, *reinterpret_cast<const uint4*>(x), acc);
-    gemv_i8_unpack(make_uint2(q.z, q.w), wf);
+    unpack_i8x8(make_uint2(q.z, q.w), wf);
     return gemv_dot8_i8(wf, *reinterpret_cast<const uint4*>(x + 8), acc);
 }
 

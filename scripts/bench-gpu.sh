@@ -13,6 +13,9 @@
 # 2. There, one call (carry: [".dev/gpu-bench"]):
 #      scripts/bench-gpu.sh run [--sizes "large-v2 tiny"] [--batch 1,8,32] [--batch1-sample N]
 #                               [--no-pytorch] [--no-workload] [--steps N]
+#                               [--variants "fp16 w8 kv8 w8kv8"]
+#    (variants: engines with int8 weights (w8), the int8 KV cache calibrated on the 8 packed
+#    LibriSpeech clips (kv8), or both; default fp16 only; the PyTorch comparison uses fp16's)
 #    per size: `whisper-trt bench --synthetic SIZE --batch ... --json $OUT/ours-SIZE.json`, then
 #    `python3 scripts/bench_pytorch.py --size SIZE ... --json $OUT/pytorch-SIZE.json`, then the
 #    comparison (also `scripts/bench-gpu.sh compare OURS.json PYTORCH.json` anywhere). $OUT gets
@@ -41,6 +44,9 @@ pack() {
     xz -9 -T0 "$PACK_DIR/whisper-trt"
     cp "$transcripts" "$PACK_DIR/test-clean.trans.txt"
     cp "$tokenizer" "$PACK_DIR/tokenizer.json"
+    # Calibration audio for --int8-kv engines (the first 8 shared LibriSpeech clips).
+    mkdir -p "$PACK_DIR/calib"
+    find "$shared/data/librispeech" -name '*.flac' | sort | head -8 | xargs -I{} cp {} "$PACK_DIR/calib/"
     local size
     size=$(du -sm "$PACK_DIR" | cut -f1)
     ((size < 60)) || die "$PACK_DIR is $size MiB, over one call's load"
@@ -91,13 +97,14 @@ EOF
 run() {
     local load=${1:?run: which folder? (.dev/gpu-bench)}
     shift
-    local sizes="large-v2 tiny" batch=1,8,32 sample=20 pytorch=1 workload=1 steps=50
+    local sizes="large-v2 tiny" batch=1,8,32 sample=20 pytorch=1 workload=1 steps=50 variants=fp16
     while [[ $# -gt 0 ]]; do
         case $1 in
             --sizes) sizes=$2; shift 2 ;;
             --batch) batch=$2; shift 2 ;;
             --batch1-sample) sample=$2; shift 2 ;;
             --steps) steps=$2; shift 2 ;;
+            --variants) variants=$2; shift 2 ;;
             --no-pytorch) pytorch=0; shift ;;
             --no-workload) workload=0; shift ;;
             *) die "run: unknown argument $1" ;;
@@ -122,9 +129,19 @@ run() {
     fi
     local size status=0
     for size in $sizes; do
-        echo "== whisper-trt bench $size" | tee -a "$log"
-        "$STAGE/whisper-trt" bench --synthetic "$size" --batch "$batch" --steps "$steps" "${w[@]}" \
-            --json "$out/ours-$size.json" 2>&1 | tee -a "$log" || status=1
+        local v q suffix
+        for v in $variants; do
+            case $v in
+                fp16) q=(); suffix="" ;;
+                w8) q=(--weight-only int8); suffix=-w8 ;;
+                kv8) q=(--int8-kv --calib "$load/calib"); suffix=-kv8 ;;
+                w8kv8) q=(--weight-only int8 --int8-kv --calib "$load/calib"); suffix=-w8kv8 ;;
+                *) die "run: unknown variant $v (fp16, w8, kv8, w8kv8)" ;;
+            esac
+            echo "== whisper-trt bench $size $v" | tee -a "$log"
+            "$STAGE/whisper-trt" bench --synthetic "$size" --batch "$batch" --steps "$steps" "${w[@]}" "${q[@]}" \
+                --json "$out/ours-$size$suffix.json" 2>&1 | tee -a "$log" || status=1
+        done
         if [[ $pytorch == 1 ]]; then
             echo "== bench_pytorch.py $size" | tee -a "$log"
             python3 "$repo/scripts/bench_pytorch.py" --size "$size" --batch "$batch" "${p[@]}" \

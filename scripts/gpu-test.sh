@@ -14,7 +14,8 @@
 #      scripts/gpu-test.sh run .dev/gpu/load-N [SUITE...]  # carry: [".dev/gpu/load-N"]: stages it, joins, runs
 #    SUITE: kernels, synthetic, synthetic-nograph (decode steps launch by launch, no CUDA graphs),
 #    tiny.en, tiny.en-beam5, base, speed, gemv-speed, quant (the int8 kernels and synthetic int8
-#    models against the CPU), quant-tiny.en, quant-base (int8 engine WER against fp16), batch (batched transcription and on-GPU
+#    models against the CPU), quant-tiny.en, quant-base (int8 engine WER against fp16), kv8 (the int8 KV cache of synthetic
+#    models against the CPU; also in quant), kv8-tiny.en, kv8-base (int8 KV WER against fp16), batch (batched transcription and on-GPU
 #    selection; needs tiny.en packed, LJSpeech too for all 248 clips) (default: kernels synthetic,
 #    plus the greedy suite of every model packed). The log goes to $OUT/gpu-test.log too.
 #
@@ -145,6 +146,9 @@ run() {
             quant) bin=gpu_quant filter=matches_cpu ;;
             quant-tiny.en) bin=gpu_quant filter=tiny_en_int8_wer ;;
             quant-base) bin=gpu_quant filter=base_int8_wer ;;
+            kv8) bin=gpu_quant filter=synthetic_int8_kv_matches_cpu ;;
+            kv8-tiny.en) bin=gpu_quant filter=tiny_en_kv8_wer ;;
+            kv8-base) bin=gpu_quant filter=base_kv8_wer ;;
             cli)
                 echo "=== cli" | tee -a "$log"
                 if ! cli_suite 2>&1 | tee -a "$log"; then failed+=(cli); fi

@@ -8,6 +8,7 @@
 //! - [`model`]: model configuration and canonical weights.
 //! - [`backends`]: the compute backends (`cpu` is the f32 reference).
 //! - [`decoding`]: openai-whisper's decoding rules, greedy and beam search.
+//! - [`kv_quant`]: the int8 KV cache's scales and calibration statistics.
 //! - [`quant`]: weight-only quantization schemes (int8 per channel, int4 per group of 128).
 //! - [`transcribe`]: audio file in, text out.
 //! - [`cli`]: the command line.
@@ -22,6 +23,7 @@ pub mod engine;
 pub mod eval;
 pub mod model;
 pub mod paths;
+pub mod kv_quant;
 pub mod quant;
 pub mod text;
 pub mod transcribe;

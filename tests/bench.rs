@@ -62,13 +62,13 @@ fn decoder_step_bytes_match_the_decoder_tensors() {
             .map(|(_, shape)| shape.iter().product::<usize>())
             .sum();
         let want = 2.0 * elems as f64;
-        let b = decoder_step_bytes(&c, 1, 50, false);
+        let b = decoder_step_bytes(&c, 1, 50, false, false);
         assert!((b.weights - want).abs() <= 1e-4 * want, "{size}: {} vs {want}", b.weights);
         assert!(b.weights > want, "{size}: the fused key bias is missing");
         // K/V: per sequence, per layer, per position, K and V of n fp16 values each.
         let (n, l) = (c.n_text_state as f64, c.n_text_layer as f64);
         for batch in [1usize, 8, 32] {
-            let s = decoder_step_bytes(&c, batch, 50, false);
+            let s = decoder_step_bytes(&c, batch, 50, false, false);
             assert_eq!(s.weights, b.weights, "weights are read once per step whatever the batch");
             assert_eq!(s.self_kv, batch as f64 * l * 50.0 * 2.0 * n * 2.0);
             assert_eq!(s.cross_kv, batch as f64 * l * 1500.0 * 2.0 * n * 2.0);
@@ -76,12 +76,18 @@ fn decoder_step_bytes_match_the_decoder_tensors() {
         }
     }
     // large-v2 at batch 1: 1.6 GB of weights, 246 MB of cross K/V (the issue's ~0.6 ms floor).
-    let s = decoder_step_bytes(&synthetic::config("large-v2").unwrap(), 1, 50, false);
+    let s = decoder_step_bytes(&synthetic::config("large-v2").unwrap(), 1, 50, false, false);
     assert!((1.59e9..1.61e9).contains(&s.weights), "{}", s.weights);
     // int8 weights: the matrices and embedding at one byte, plus a 2-byte scale per row.
-    let q = decoder_step_bytes(&synthetic::config("large-v2").unwrap(), 1, 50, true);
+    let q = decoder_step_bytes(&synthetic::config("large-v2").unwrap(), 1, 50, true, false);
     assert!((0.79e9..0.81e9).contains(&q.weights), "{}", q.weights);
     assert!((2.45e8..2.47e8).contains(&s.cross_kv), "{}", s.cross_kv);
+    // int8 KV: keys and values at one byte, the weights as they were.
+    let k = decoder_step_bytes(&synthetic::config("large-v2").unwrap(), 32, 50, false, true);
+    let f = decoder_step_bytes(&synthetic::config("large-v2").unwrap(), 32, 50, false, false);
+    assert_eq!(k.weights, f.weights);
+    assert_eq!(2.0 * k.cross_kv, f.cross_kv);
+    assert_eq!(2.0 * k.self_kv, f.self_kv);
 }
 
 #[test]

@@ -46,6 +46,7 @@ fn sample() -> Engine {
                 beam_width: 5,
                 max_new_tokens: 224,
                 weight_only: None,
+                int8_kv: false,
             },
             gpu_name: "NVIDIA H100 80GB HBM3".into(),
             compute_capability: (9, 0),
@@ -465,6 +466,7 @@ mod build_command {
             beam_width: 5,
             max_new_tokens: 224,
             weight_only: None,
+            int8_kv: false,
         };
         check_options(&ok, &config).unwrap();
         let msg = line(

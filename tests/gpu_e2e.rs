@@ -28,7 +28,7 @@ use whisper_trt::text::Tokenizer;
 use whisper_trt::transcribe::Transcriber;
 
 fn options() -> BuildOptions {
-    BuildOptions { dtype: "fp16".into(), max_batch: 1, beam_width: 5, max_new_tokens: 224, weight_only: None }
+    BuildOptions { dtype: "fp16".into(), max_batch: 1, beam_width: 5, max_new_tokens: 224, weight_only: None, int8_kv: false }
 }
 
 fn rel_err(got: &[f32], want: &[f32]) -> f64 {

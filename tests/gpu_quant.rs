@@ -6,7 +6,15 @@
 //! - tiny.en and base over the shared reference utterances: WER of the int8 engine against the
 //!   fp16 engine on the same GPU (issue 4's bar: at most +0.3 points), both built by `build`.
 //!
-//! GPU only: `scripts/gpu-test.sh` runs these (suites quant, quant-tiny.en, quant-base).
+//! And the int8 KV cache (`--int8-kv`):
+//! - synthetic tiny and base (fp16 and int8 weights) against the CPU backend with the same
+//!   scales: calibration statistics (kv_absmax) and the logits of decode steps with int8 self
+//!   and cross K/V, a beam reorder (int8 kv_copy) included;
+//! - tiny.en and base WER with int8 KV (bar: +0.2 points over fp16) and int8 KV plus int8
+//!   weights (+0.4), calibrated by `build` on the shared LibriSpeech clips.
+//!
+//! GPU only: `scripts/gpu-test.sh` runs these (suites quant, quant-tiny.en, quant-base, kv8,
+//! kv8-tiny.en, kv8-base).
 mod common;
 use half::f16;
 use std::collections::BTreeMap;
@@ -262,7 +270,7 @@ fn synthetic_int8_matches_cpu() {
     let mel: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     for size in ["tiny", "base"] {
         let (config, weights) = synthetic::synthetic(size, 11).unwrap();
-        let options = BuildOptions { dtype: "fp16".into(), max_batch: 2, beam_width: 5, max_new_tokens: 224, weight_only: Some(WeightQuant::Int8) };
+        let options = BuildOptions { dtype: "fp16".into(), max_batch: 2, beam_width: 5, max_new_tokens: 224, weight_only: Some(WeightQuant::Int8), int8_kv: false };
         let gpu = CudaModel::from_weights(config.clone(), &weights, options).unwrap_or_else(|e| panic!("{e:#}"));
         let (_, mut fake) = synthetic::synthetic(size, 11).unwrap(); // the same seeded weights
         let replaced = quant::fake_quantize(&mut fake, WeightQuant::Int8).unwrap();
@@ -300,8 +308,13 @@ fn synthetic_int8_matches_cpu() {
 /// Word error rate (percent) of an engine built from `model` with `weight_only`, over the shared
 /// reference utterances (greedy, English), and the time it took; also the transcripts.
 fn engine_wer(model: &str, weight_only: Option<&str>) -> (f64, f64, BTreeMap<String, String>) {
+    engine_wer_kv(model, weight_only, false)
+}
+
+/// [`engine_wer`], with the int8 KV cache or not (calibrated on the shared LibriSpeech clips).
+fn engine_wer_kv(model: &str, weight_only: Option<&str>, int8_kv: bool) -> (f64, f64, BTreeMap<String, String>) {
     let dir = common::model_dir(model);
-    let tag = weight_only.unwrap_or("fp16");
+    let tag = format!("{}{}", weight_only.unwrap_or("fp16"), if int8_kv { "-kv8" } else { "" });
     let engine = common::temp_dir("engine").join(format!("{model}-{tag}.engine"));
     let args = BuildArgs {
         model: Some(dir.clone()),
@@ -309,6 +322,8 @@ fn engine_wer(model: &str, weight_only: Option<&str>) -> (f64, f64, BTreeMap<Str
         max_batch: 1,
         beam_width: 5,
         weight_only: weight_only.map(str::to_string),
+        int8_kv,
+        calib: int8_kv.then(|| common::shared().join("data/librispeech")),
         ..BuildArgs::defaults()
     };
     builder::build(&args).unwrap_or_else(|e| panic!("{model} {tag}: build: {e:#}"));
@@ -362,4 +377,110 @@ fn tiny_en_int8_wer() {
 #[ignore = "needs a GPU and the base model: scripts/gpu-test.sh"]
 fn base_int8_wer() {
     int8_wer_against_fp16("base");
+}
+
+fn kv8_wer_against_fp16(model: &str) {
+    let (fp16, t16, a) = engine_wer(model, None);
+    let (kv8, tk, b) = engine_wer_kv(model, None, true);
+    let (both, tb, c) = engine_wer_kv(model, Some("int8"), true);
+    let same = |x: &BTreeMap<String, String>| a.iter().filter(|(id, text)| x.get(*id) == Some(*text)).count();
+    println!(
+        "{model}: {} utterances, WER fp16 {fp16:.3}% ({t16:.1} s), int8 KV {kv8:.3}% ({tk:.1} s): {:+.3} points, same text on {}; int8 KV + int8 weights {both:.3}% ({tb:.1} s): {:+.3} points, same text on {}",
+        a.len(),
+        kv8 - fp16,
+        same(&b),
+        both - fp16,
+        same(&c)
+    );
+    assert!(kv8 - fp16 <= 0.2, "{model}: int8 KV WER {kv8:.3}% is more than 0.2 points over fp16's {fp16:.3}%");
+    assert!(both - fp16 <= 0.4, "{model}: int8 KV + int8 weights WER {both:.3}% is more than 0.4 points over fp16's {fp16:.3}%");
+}
+
+#[test]
+#[ignore = "needs a GPU and the tiny.en model: scripts/gpu-test.sh"]
+fn tiny_en_kv8_wer() {
+    kv8_wer_against_fp16("tiny.en");
+}
+
+#[test]
+#[ignore = "needs a GPU and the base model: scripts/gpu-test.sh"]
+fn base_kv8_wer() {
+    kv8_wer_against_fp16("base");
+}
+
+/// Runs both models' sessions over the same tokens (the CPU's argmax after each step) for 10
+/// steps from the prompt, with a beam reorder after step 5 when there are 5 sequences; returns
+/// the worst relative error of the GPU's logits.
+fn compare_steps(cpu: &CpuModel, gpu: &CudaModel, mel: &[f32], n_seq: usize) -> f64 {
+    let config = cpu.config().clone();
+    let want = cpu.encode(mel).unwrap();
+    let gf = Backend::encode(gpu, mel).unwrap_or_else(|e| panic!("{e:#}"));
+    let st = &config.special_tokens;
+    let prompt = [st.sot, st.languages[0].1, st.transcribe, st.no_timestamps];
+    let mut c = cpu.session(&want, n_seq).unwrap();
+    let mut g = gpu.session(&gf, n_seq).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut feed: Vec<Vec<u32>> = vec![prompt.to_vec(); n_seq];
+    let v = config.n_vocab;
+    let mut worst = 0f64;
+    for step in 0..10 {
+        let refs: Vec<&[u32]> = feed.iter().map(|f| f.as_slice()).collect();
+        let a = c.forward(&refs).unwrap();
+        let b = g.forward(&refs).unwrap_or_else(|e| panic!("step {step}: {e:#}"));
+        worst = worst.max(rel_err(&b, &a.iter().map(|&x| x as f64).collect::<Vec<_>>()));
+        let t = feed[0].len();
+        feed = (0..n_seq).map(|s| vec![whisper_trt::decoding::greedy::argmax(&a[(s * t + t - 1) * v..(s * t + t) * v]) as u32]).collect();
+        if step == 5 && n_seq == 5 {
+            let source = [1, 1, 0, 4, 3];
+            c.try_reorder(&source).unwrap();
+            g.try_reorder(&source).unwrap_or_else(|e| panic!("reorder: {e:#}"));
+            feed = source.iter().map(|&s| feed[s].clone()).collect();
+        }
+    }
+    worst
+}
+
+/// The int8 KV cache end to end on synthetic models: the GPU's calibration statistics against
+/// the CPU's over the same steps, then the logits of both with int8 K/V of the same scales.
+#[test]
+#[ignore = "needs a GPU: scripts/gpu-test.sh"]
+fn synthetic_int8_kv_matches_cpu() {
+    use whisper_trt::kv_quant::KvStats;
+    let path = common::shared().join("data/reference/mel/librispeech_1089-134686-0000.mel80.f32");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mel: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    for size in ["tiny", "base"] {
+        for weight_only in [None, Some(WeightQuant::Int8)] {
+            let tag = format!("{size} {}", if weight_only.is_some() { "int8 weights" } else { "fp16 weights" });
+            let (config, weights) = synthetic::synthetic(size, 12).unwrap();
+            let (_, mut cpu_weights) = synthetic::synthetic(size, 12).unwrap();
+            if let Some(q) = weight_only {
+                quant::fake_quantize(&mut cpu_weights, q).unwrap();
+            }
+            let mut cpu = CpuModel::new(config.clone(), cpu_weights).unwrap();
+            let options = BuildOptions { dtype: "fp16".into(), max_batch: 2, beam_width: 5, max_new_tokens: 224, weight_only, int8_kv: false };
+
+            // Calibration statistics over the same tokens.
+            let gpu = CudaModel::from_weights(config.clone(), &weights, options.clone()).unwrap_or_else(|e| panic!("{e:#}"));
+            cpu.start_kv_stats();
+            gpu.start_kv_stats().unwrap_or_else(|e| panic!("{e:#}"));
+            compare_steps(&cpu, &gpu, &mel, 1);
+            let want: KvStats = cpu.take_kv_stats().unwrap();
+            let got = gpu.take_kv_stats().unwrap_or_else(|e| panic!("{e:#}")).unwrap();
+            let e = rel_err(&got.amax, &want.amax.iter().map(|&v| v as f64).collect::<Vec<_>>());
+            println!("{tag}: calibration maxima relative error {e:.2e}; CPU {}", want.summary());
+            assert!(want.amax.iter().all(|&a| a > 0.0), "{tag}: a head with no recorded values");
+            assert!(e <= 2e-2, "{tag}: GPU calibration maxima relative error {e:.3e}");
+            drop(gpu);
+
+            let scales = want.scales().unwrap();
+            let gpu = CudaModel::from_weights_kv(config.clone(), &weights, options, &scales).unwrap_or_else(|e| panic!("{e:#}"));
+            assert!(gpu.int8_kv());
+            cpu.set_kv_scales(Some(scales)).unwrap();
+            for n_seq in [1usize, 5] {
+                let worst = compare_steps(&cpu, &gpu, &mel, n_seq);
+                println!("{tag} int8 KV n_seq {n_seq}: worst logits relative error {worst:.2e} over 10 steps");
+                assert!(worst <= 2e-2, "{tag} int8 KV n_seq {n_seq}: logits relative error {worst:.3e}");
+            }
+        }
+    }
 }

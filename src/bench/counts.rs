@@ -62,7 +62,9 @@ impl StepBytes {
 /// under 0.5% at the sizes benchmarked).
 /// `int8`: the matrices and the token embedding are int8 with an fp16 scale per row
 /// (`--weight-only int8`); else everything is counted at 2 bytes.
-pub fn decoder_step_bytes(c: &ModelConfig, batch: usize, position: usize, int8: bool) -> StepBytes {
+/// `int8`: weight-only int8 weights; `int8_kv`: the int8 KV cache (one byte per cached key or
+/// value; its scales are too few to count).
+pub fn decoder_step_bytes(c: &ModelConfig, batch: usize, position: usize, int8: bool, int8_kv: bool) -> StepBytes {
     let (n, l, v) = (c.n_text_state as f64, c.n_text_layer as f64, c.n_vocab as f64);
     // Per layer: matrices of 3n + n + n + n + 4n + n rows of n (14 n^2), as many biases (11n) and
     // 3 LayerNorms (2n each); then the token embedding (v rows of n) and the final LayerNorm.
@@ -70,10 +72,11 @@ pub fn decoder_step_bytes(c: &ModelConfig, batch: usize, position: usize, int8: 
     let small = l * (11.0 * n + 6.0 * n) + 2.0 * n;
     let weights = if int8 { matrices + 2.0 * rows + 2.0 * small } else { 2.0 * (matrices + small) };
     let b = batch as f64;
+    let elem = if int8_kv { 1.0 } else { 2.0 };
     StepBytes {
         weights,
-        self_kv: b * l * position as f64 * 2.0 * n * 2.0,
-        cross_kv: b * l * c.n_audio_ctx as f64 * 2.0 * n * 2.0,
+        self_kv: b * l * position as f64 * 2.0 * n * elem,
+        cross_kv: b * l * c.n_audio_ctx as f64 * 2.0 * n * elem,
     }
 }
 

@@ -62,6 +62,12 @@ pub struct BenchArgs {
     /// Build the synthetic engine with weight-only quantization (int8; as `build --weight-only`)
     #[arg(long = "weight-only", num_args = 0..=1, default_missing_value = "int8", value_parser = ["int8", "int4"], conflicts_with = "engine")]
     pub weight_only: Option<String>,
+    /// Build the synthetic engine with the int8 KV cache (as `build --int8-kv`)
+    #[arg(long = "int8-kv", conflicts_with = "engine")]
+    pub int8_kv: bool,
+    /// Calibration audio for --int8-kv (as `build --calib`)
+    #[arg(long, requires = "int8_kv")]
+    pub calib: Option<PathBuf>,
     /// Skip the test-clean-shaped workload
     #[arg(long = "no-workload")]
     pub no_workload: bool,
@@ -122,6 +128,8 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
                     max_batch,
                     beam_width: 1,
                     weight_only: args.weight_only.clone(),
+                    int8_kv: args.int8_kv,
+                    calib: args.calib.clone(),
                     ..BuildArgs::defaults()
                 };
             build(&build_args)?;
@@ -289,7 +297,7 @@ pub fn utc_now() -> String {
 
 impl Report<'_> {
     fn step_bytes(&self, b: usize) -> counts::StepBytes {
-        counts::decoder_step_bytes(self.model.config(), b, gpu::POSITION, self.model.options().weight_only.is_some())
+        counts::decoder_step_bytes(self.model.config(), b, gpu::POSITION, self.model.options().weight_only.is_some(), self.model.int8_kv())
     }
 
     fn table(&self) -> String {
@@ -309,7 +317,12 @@ impl Report<'_> {
             o.dtype,
             o.max_batch,
             o.beam_width,
-            if o.weight_only.is_some() { "int8 weight-only" } else { "fp16" },
+            match (o.weight_only.is_some(), o.int8_kv) {
+                (false, false) => "fp16",
+                (true, false) => "int8 weight-only",
+                (false, true) => "int8 KV cache, fp16",
+                (true, true) => "int8 KV cache, int8 weight-only",
+            },
             gb(m.weight_bytes() as f64)
         );
         out += &format!(
@@ -470,7 +483,7 @@ impl Report<'_> {
             "gpu": m.gpu().name,
             "compute_capability": format!("{}.{}", m.gpu().compute_capability.0, m.gpu().compute_capability.1),
             "driver": driver_version(),
-            "build_options": {"dtype": o.dtype, "max_batch": o.max_batch, "beam_width": o.beam_width, "max_new_tokens": o.max_new_tokens, "weight_only": o.weight_only},
+            "build_options": {"dtype": o.dtype, "max_batch": o.max_batch, "beam_width": o.beam_width, "max_new_tokens": o.max_new_tokens, "weight_only": o.weight_only, "int8_kv": o.int8_kv},
             "engine_ready_s": self.load_s,
             "weight_bytes": m.weight_bytes(),
             "env": env,

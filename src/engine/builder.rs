@@ -38,6 +38,17 @@ pub struct BuildArgs {
     /// channel; the default when no value is given) or int4 (groups of 128 inputs)
     #[arg(long = "weight-only", alias = "weight_only", num_args = 0..=1, default_missing_value = "int8", value_parser = ["int8", "int4"])]
     pub weight_only: Option<String>,
+    /// Store the decoder's self-attention cache and the cross-attention K/V in int8, with a scale
+    /// per layer and head calibrated by running the engine on --calib audio
+    #[arg(long = "int8-kv", alias = "int8_kv")]
+    pub int8_kv: bool,
+    /// Folder of calibration audio for --int8-kv, searched recursively (default: the shared
+    /// LibriSpeech clips, ../shared/data/librispeech, when present)
+    #[arg(long, requires = "int8_kv")]
+    pub calib: Option<PathBuf>,
+    /// Most calibration files used (the first ones in path order)
+    #[arg(long = "calib-files", default_value_t = 32, requires = "int8_kv")]
+    pub calib_files: usize,
     /// Seeded random weights of an official size instead of a model (for benchmarks)
     #[arg(long, value_parser = synthetic::SIZES)]
     pub synthetic: Option<String>,
@@ -59,6 +70,9 @@ impl BuildArgs {
             synthetic: None,
             seed: 0,
             weight_only: None,
+            int8_kv: false,
+            calib: None,
+            calib_files: 32,
         }
     }
 
@@ -72,6 +86,7 @@ impl BuildArgs {
                 "int4" => WeightQuant::Int4,
                 _ => WeightQuant::Int8,
             }),
+            int8_kv: self.int8_kv,
         }
     }
 }
@@ -98,17 +113,19 @@ fn model_name(model_dir: &Path) -> String {
 }
 
 fn engine_path_for(model_name: &str, (major, minor): (u32, u32)) -> PathBuf {
-    engine_path_with(model_name, (major, minor), None)
+    engine_path_with(model_name, (major, minor), None, false)
 }
 
-/// The default engine path of a build with weight-only quantization `wq` (fp16 engines keep
-/// the name transcribe looks for; quantized ones add `-w8` / `-w4`).
-fn engine_path_with(model_name: &str, (major, minor): (u32, u32), wq: Option<WeightQuant>) -> PathBuf {
+/// The default engine path of a build with weight-only quantization `wq` and int8 KV or not
+/// (fp16 engines keep the name transcribe looks for; quantized ones add `-w8` / `-w4` and
+/// `-kv8`).
+pub fn engine_path_with(model_name: &str, (major, minor): (u32, u32), wq: Option<WeightQuant>, int8_kv: bool) -> PathBuf {
     let tag = match wq {
         None => "",
         Some(WeightQuant::Int8) => "-w8",
         Some(WeightQuant::Int4) => "-w4",
     };
+    let tag = if int8_kv { format!("{tag}-kv8") } else { tag.to_string() };
     crate::paths::models_dir()
         .join("engines")
         .join(format!("{model_name}-sm_{major}{minor}-fp16{tag}.engine"))
@@ -205,13 +222,24 @@ pub fn build(args: &BuildArgs) -> Result<PathBuf> {
         }
     };
     check_options(&options, &config)?;
+    // Calibration audio before any GPU work, so that a missing folder fails at once.
+    let calib_files = match options.int8_kv {
+        true => {
+            let dir = match &args.calib {
+                Some(d) => d.clone(),
+                None => super::calibrate::default_dir()?,
+            };
+            super::calibrate::audio_files(&dir, args.calib_files.max(1))?
+        }
+        false => Vec::new(),
+    };
 
     let gpu = open_gpu()?;
     let cc = gpu.compute_capability;
     nvrtc::ensure_nvrtc()?;
     let output = match &args.output {
         Some(p) => p.clone(),
-        None => engine_path_with(&name, cc, options.weight_only),
+        None => engine_path_with(&name, cc, options.weight_only, options.int8_kv),
     };
     if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create engine folder", dir.display()))?;
@@ -234,6 +262,13 @@ pub fn build(args: &BuildArgs) -> Result<PathBuf> {
     let tactics = step(&format!("time GEMM tactics for {} shapes", shapes.len()), || {
         gemm::pick_tactics(&gpu, &shapes)
     })?;
+    let mut tensors = tensors;
+    if options.int8_kv {
+        let scales = step(&format!("calibrate the int8 KV cache on {}", super::calibrate::describe(&calib_files, &config)), || {
+            calibrate_kv(&gpu, &config, &options, &modules, &tensors, &tactics, &calib_files)
+        })?;
+        tensors.push(layout::kv_scales_tensor(&scales));
+    }
 
     let engine = Engine {
         header: EngineHeader {
@@ -252,16 +287,38 @@ pub fn build(args: &BuildArgs) -> Result<PathBuf> {
     };
     let weight_bytes: usize = engine.tensors.iter().map(|t| t.data.len()).sum();
     eprintln!(
-        "build: weights {:.1} MB ({})",
+        "build: weights {:.1} MB ({}); KV cache and cross K/V {}",
         weight_bytes as f64 / 1e6,
         match engine.header.options.weight_only {
             None => "fp16",
             Some(WeightQuant::Int8) => "int8 weight-only: linear layers and token embedding int8 per output channel, the rest fp16/f32",
             Some(WeightQuant::Int4) => "int4 weight-only",
-        }
+        },
+        if engine.header.options.int8_kv { "int8 with a calibrated scale per layer and head" } else { "fp16" }
     );
     step(&format!("write {}", output.display()), || engine.save(&output))?;
     Ok(output)
+}
+
+/// The int8 KV cache's scales: the engine being built, with fp16 keys and values and batch 1,
+/// runs on the calibration audio while recording their ranges.
+fn calibrate_kv(
+    gpu: &Gpu,
+    config: &ModelConfig,
+    options: &BuildOptions,
+    modules: &[(String, Vec<u8>)],
+    tensors: &[crate::engine::EngineTensor],
+    tactics: &[crate::engine::GemmTactic],
+    files: &[PathBuf],
+) -> Result<crate::kv_quant::KvScales> {
+    let mels = super::calibrate::windows(files, config.n_mels)?;
+    let fp16_kv = BuildOptions { int8_kv: false, max_batch: 1, beam_width: 1, ..options.clone() };
+    let model = crate::backends::cuda::CudaModel::from_parts(gpu.clone(), config.clone(), fp16_kv, modules, tensors, tactics)?;
+    model.start_kv_stats()?;
+    let tokens = super::calibrate::run(&model, &mels)?;
+    let stats = model.take_kv_stats()?.ok_or_else(|| anyhow::anyhow!("internal: no calibration statistics"))?;
+    eprintln!("build: calibration decoded {tokens} tokens; |K|, |V| per head: {}", stats.summary());
+    stats.scales()
 }
 
 /// `whisper-trt build`: builds and says where the engine went. Returns the exit code.

@@ -38,6 +38,10 @@ pub struct BuildOptions {
     /// None: fp16 weights.
     #[serde(default)]
     pub weight_only: Option<crate::quant::WeightQuant>,
+    /// int8 self-attention cache and cross-attention K/V (`--int8-kv`), with the calibrated
+    /// scales in the engine tensor `kv.scales` (see [`crate::kv_quant`]).
+    #[serde(default)]
+    pub int8_kv: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,7 +5,9 @@
 //! - [`format`]: the engine file (header, cubins, GEMM tactics, weights).
 //! - [`synthetic`]: seeded random weights of an official Whisper size, for benchmarks.
 //! - [`builder`]: `whisper-trt build`.
+//! - [`calibrate`]: calibration audio and runs for the int8 KV cache.
 pub mod builder;
+pub mod calibrate;
 pub mod format;
 pub mod kernels;
 pub mod nvrtc;

@@ -3,10 +3,12 @@ use super::attention::attention;
 use super::encoder::{linear, norm, query, stack, take, SelfBlock};
 use super::ops::{matmul, Linear, Norm, View};
 use crate::decoding::DecoderSession;
+use crate::kv_quant::{KvScales, KvStats, CROSS_K, CROSS_V, SELF_K, SELF_V};
 use crate::model::config::ModelConfig;
 use crate::model::weights::{Tensor, Weights};
 use anyhow::{bail, Result};
 use rayon::prelude::*;
+use std::sync::Mutex;
 
 pub(super) struct DecoderBlock {
     /// Causal self-attention and MLP.
@@ -30,6 +32,10 @@ pub(super) struct Decoder {
     pos: Vec<f32>,
     blocks: Vec<DecoderBlock>,
     ln: Norm,
+    /// int8 KV cache: self and cross keys and values go through the int8 round trip.
+    pub(super) kv_scales: Option<KvScales>,
+    /// Calibration: the largest |K| and |V| per (kind, layer, head) seen so far.
+    pub(super) kv_stats: Option<Mutex<KvStats>>,
 }
 
 impl Decoder {
@@ -66,6 +72,8 @@ impl Decoder {
             pos,
             blocks,
             ln,
+            kv_scales: None,
+            kv_stats: None,
         })
     }
 
@@ -85,9 +93,11 @@ impl Decoder {
                 let x = View::new(&f.data, t, n);
                 self.blocks
                     .iter()
-                    .map(|b| {
+                    .enumerate()
+                    .map(|(l, b)| {
                         let mut kv = vec![0.0f32; t * 2 * n];
                         b.cross_kv.forward(x, &mut kv);
+                        self.cross_kv_quant(l, &mut kv);
                         kv
                     })
                     .collect()
@@ -98,6 +108,45 @@ impl Decoder {
         let caches = (0..n_seq).map(|_| SeqCache { k: vec![0.0; per_seq], v: vec![0.0; per_seq] }).collect();
         let utt = (0..n_seq).map(|s| s / per).collect();
         Ok(CpuSession { dec: self, cross, utt, caches, len: 0 })
+    }
+}
+
+impl Decoder {
+    /// Calibration statistics and the int8 round trip of one layer's cross K/V, `[t][2n]`.
+    fn cross_kv_quant(&self, l: usize, kv: &mut [f32]) {
+        let n = self.n_state;
+        if let Some(st) = &self.kv_stats {
+            let mut st = st.lock().unwrap_or_else(|e| e.into_inner());
+            for row in kv.chunks(2 * n) {
+                st.record(CROSS_K, l, &row[..n], n);
+                st.record(CROSS_V, l, &row[n..], n);
+            }
+        }
+        if let Some(q) = &self.kv_scales {
+            for row in kv.chunks_mut(2 * n) {
+                let (k, v) = row.split_at_mut(n);
+                q.round_trip_rows(CROSS_K, l, k, n);
+                q.round_trip_rows(CROSS_V, l, v, n);
+            }
+        }
+    }
+
+    /// The same for the new self-attention keys and values of layer `l` (rows of `[q k v]`).
+    fn self_kv_quant(&self, l: usize, qkv: &mut [f32]) {
+        let n = self.n_state;
+        if let Some(st) = &self.kv_stats {
+            let mut st = st.lock().unwrap_or_else(|e| e.into_inner());
+            for row in qkv.chunks(3 * n) {
+                st.record(SELF_K, l, &row[n..2 * n], n);
+                st.record(SELF_V, l, &row[2 * n..], n);
+            }
+        }
+        if let Some(q) = &self.kv_scales {
+            for row in qkv.chunks_mut(3 * n) {
+                q.round_trip_rows(SELF_K, l, &mut row[n..2 * n], n);
+                q.round_trip_rows(SELF_V, l, &mut row[2 * n..], n);
+            }
+        }
     }
 }
 
@@ -247,6 +296,9 @@ impl CpuSession<'_> {
             // Causal self-attention over the cache.
             b.base.attn_ln.forward(&x, &mut h);
             b.base.qkv.forward(View::new(&h, m, n), &mut qkv);
+            // int8 KV: the new keys and values are stored as the int8 cache holds them (the
+            // query stays fp32, as on the GPU, where only the cache is int8).
+            d.self_kv_quant(l, &mut qkv);
             for (s, cache) in self.caches.iter_mut().enumerate() {
                 for i in 0..t {
                     let src = &qkv[(s * t + i) * 3 * n..(s * t + i + 1) * 3 * n];

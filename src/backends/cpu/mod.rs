@@ -71,6 +71,30 @@ impl CpuModel {
         self.decoder.session(&[features], n_seq)
     }
 
+    /// int8 KV cache (`build --int8-kv`): from now on, self and cross keys and values go through
+    /// the int8 round trip with these scales (None: f32 again).
+    pub fn set_kv_scales(&mut self, scales: Option<crate::kv_quant::KvScales>) -> Result<()> {
+        if let Some(s) = &scales {
+            let c = &self.config;
+            if s.n_layer != c.n_text_layer || s.n_head != c.n_text_head {
+                bail!("int8 KV scales for {} layers x {} heads, the model has {} x {}", s.n_layer, s.n_head, c.n_text_layer, c.n_text_head);
+            }
+        }
+        self.decoder.kv_scales = scales;
+        Ok(())
+    }
+
+    /// Calibration: records the largest |K| and |V| per (kind, layer, head) of every session
+    /// from now on, until [`CpuModel::take_kv_stats`].
+    pub fn start_kv_stats(&mut self) {
+        let c = &self.config;
+        self.decoder.kv_stats = Some(std::sync::Mutex::new(crate::kv_quant::KvStats::new(c.n_text_layer, c.n_text_head)));
+    }
+
+    pub fn take_kv_stats(&mut self) -> Option<crate::kv_quant::KvStats> {
+        self.decoder.kv_stats.take().map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// A decoder session of `features.len() * per` sequences: sequence `s` attends to the audio
     /// features `features[s / per]` (see [`CpuModel::session`]).
     pub fn session_many(&self, features: &[&Tensor], per: usize) -> Result<CpuSession<'_>> {

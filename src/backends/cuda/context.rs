@@ -26,6 +26,8 @@ pub fn check_libraries() -> Result<()> {
 }
 
 /// One GPU: its context and the single stream every kernel and GEMM of the backend runs on.
+/// A clone shares both (and the allocation count).
+#[derive(Clone)]
 pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,

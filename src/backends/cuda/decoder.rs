@@ -98,9 +98,11 @@ pub struct DecoderState {
     /// u64 per sequence: the address of the cross K/V of that sequence's utterance (see CrossKv).
     cross_table: DeviceBuffer,
     pairs: DeviceBuffer,
-    /// fp16 `[layer][slot][ctx][n]` each.
+    /// fp16 (int8 with `--int8-kv`: `kv_elem` 1) `[layer][slot][ctx][n]` each.
     k_cache: DeviceBuffer,
     v_cache: DeviceBuffer,
+    /// Bytes per cached value.
+    kv_elem: usize,
     /// Captured one-token steps by number of sequences: everything a step reads lives at fixed
     /// addresses (tokens, len, slot table, cross K/V table), so a graph replays for any later
     /// step of the same shape.
@@ -133,11 +135,12 @@ pub struct DecoderState {
 }
 
 impl DecoderState {
-    pub fn new(gpu: &Gpu, c: &ModelConfig, max_seqs: usize) -> Result<Self> {
+    /// `kv_elem`: bytes per cached key or value (2: fp16, 1: int8).
+    pub fn new(gpu: &Gpu, c: &ModelConfig, max_seqs: usize, kv_elem: usize) -> Result<Self> {
         let max_seqs = max_seqs.max(1);
         let max_rows = max_seqs * PROMPT_TOKENS;
         let (n, ctx) = (c.n_text_state, c.n_text_ctx);
-        let cache = c.n_text_layer * max_seqs * ctx * n * 2;
+        let cache = c.n_text_layer * max_seqs * ctx * n * kv_elem;
         let (self_splits, cross_splits) = (ctx.div_ceil(SPLIT_KEYS), c.n_audio_ctx.div_ceil(SPLIT_KEYS));
         let part = max_rows * c.n_text_head * self_splits.max(cross_splits) * SPLIT_PART * 4;
         Ok(DecoderState {
@@ -157,6 +160,7 @@ impl DecoderState {
             pairs: gpu.alloc(2 * max_seqs * 4)?,
             k_cache: gpu.alloc(cache)?,
             v_cache: gpu.alloc(cache)?,
+            kv_elem,
             graphs: HashMap::new(),
             use_graphs: graphs_enabled(),
             part: gpu.alloc(part)?,
@@ -212,6 +216,11 @@ impl Ablate {
 }
 
 impl DecoderState {
+    /// Forgets the captured steps (they are captured again when next needed).
+    pub fn clear_graphs(&mut self) {
+        self.graphs.clear();
+    }
+
     pub fn set_graphs(&mut self, on: bool) {
         self.use_graphs = on;
         self.graphs.clear();
@@ -446,7 +455,7 @@ impl CudaSession<'_> {
         let st = &self.st;
         let n = c.n_text_state;
         let x = st.x.ptr();
-        match st.fused.as_ref().filter(|f| tc == 1 && st.use_fused && f.fits(rows)) {
+        match st.fused.as_ref().filter(|f| tc == 1 && st.use_fused && f.fits(rows) && m.kv_stats_ptr() == 0) {
             Some(f) => {
                 let b = StepBuffers {
                     x,
@@ -481,8 +490,13 @@ impl CudaSession<'_> {
         // Launched plainly: it reads the tokens and position a host copy just wrote.
         k.embed_tokens(st.tokens.ptr(), w.tok_emb, w.tok_scale, w.pos, x, rows, n, tc, len)?;
         let _pdl = k.pdl_scope(st.use_pdl);
-        let layer_bytes = (st.max_seqs * st.ctx * n * 2) as u64;
+        let layer_bytes = (st.max_seqs * st.ctx * n * st.kv_elem) as u64;
         let kv_ld = c.n_text_layer * 2 * n;
+        // int8 KV cache: keys and values are quantized by kv_append_i8 (not appended by the GEMV)
+        // and read by the _i8 split attention kernels. Calibration records the fp16 ones.
+        let int8_kv = m.int8_kv();
+        let stats = m.kv_stats_ptr();
+        use crate::kv_quant::{CROSS_K, CROSS_V, SELF_K, SELF_V};
         let merge = Some((st.counters.ptr(), att));
         // Timing only (results garbage): kernels left out and output features cut (see Ablate).
         let ab = &st.ablate;
@@ -493,10 +507,23 @@ impl CudaSession<'_> {
             // Causal self-attention over the cache (the GEMV kernel appends the new keys and
             // values itself).
             let append = KvAppend { k_cache: kc, v_cache: vc, slots: st.slots.ptr(), len, t: tc, ctx: st.ctx };
-            if on(0) && !self.dense(rows, 3 * cut(n), n, Some(&b.base.attn_ln), x, (b.base.qkv.w, b.base.qkv.s), Some(b.base.qkv.b), qkv, Dense::F16, Some(append))? {
-                k.kv_append(qkv, kc, vc, st.slots.ptr(), rows, n, tc, len, st.ctx)?;
+            let append = (!int8_kv && stats == 0).then_some(append);
+            if on(0) && !self.dense(rows, 3 * cut(n), n, Some(&b.base.attn_ln), x, (b.base.qkv.w, b.base.qkv.s), Some(b.base.qkv.b), qkv, Dense::F16, append)? {
+                if int8_kv {
+                    let scales = (m.kv_scale_ptr(SELF_K, l), m.kv_scale_ptr(SELF_V, l));
+                    k.kv_append_i8(qkv, kc, vc, st.slots.ptr(), rows, n, tc, len, st.ctx, scales)?;
+                } else {
+                    k.kv_append(qkv, kc, vc, st.slots.ptr(), rows, n, tc, len, st.ctx)?;
+                }
             }
-            if on(1) && st.use_split {
+            if stats != 0 {
+                k.kv_absmax(qkv + (n * 2) as u64, rows, 3 * n, 2 * n, n, c.n_text_layer, (SELF_K, l), stats)?;
+            }
+            if on(1) && int8_kv {
+                let scales = (m.kv_scale_ptr(SELF_K, l), m.kv_scale_ptr(SELF_V, l));
+                let dims = (rows, n, c.n_text_head, tc);
+                k.decoder_self_attention_split_i8(qkv, kc, vc, st.slots.ptr(), st.part.ptr(), dims, len, st.ctx, st.self_splits, merge, scales)?;
+            } else if on(1) && st.use_split {
                 let part = st.part.ptr();
                 k.decoder_self_attention_split(qkv, kc, vc, st.slots.ptr(), part, rows, n, c.n_text_head, tc, len, st.ctx, st.self_splits, merge)?;
             } else if on(1) {
@@ -510,7 +537,10 @@ impl CudaSession<'_> {
                 self.dense(rows, cut(n), n, Some(&b.cross_ln), x, (b.cross_q.w, b.cross_q.s), Some(b.cross_q.b), qkv, Dense::F16, None)?;
             }
             let kv = CrossKv { table: st.cross_table.ptr(), offset: l * 2 * n, tokens: tc };
-            if on(4) && st.use_split {
+            if on(4) && int8_kv {
+                let scales = (m.kv_scale_ptr(CROSS_K, l), m.kv_scale_ptr(CROSS_V, l));
+                k.cross_attention_split_i8(qkv, n, kv, kv_ld, c.n_audio_ctx, st.part.ptr(), (rows, n, c.n_text_head), merge, scales)?;
+            } else if on(4) && st.use_split {
                 k.cross_attention_split(qkv, n, kv, kv_ld, c.n_audio_ctx, st.part.ptr(), rows, n, c.n_text_head, merge)?;
             } else if on(4) {
                 k.cross_attention(qkv, n, kv, kv_ld, c.n_audio_ctx, att, rows, n, c.n_text_head)?;
@@ -608,7 +638,8 @@ impl CudaSession<'_> {
                 c.n_text_layer,
                 st.max_seqs,
                 st.ctx,
-                c.n_text_state,
+                // kv_copy moves fp16 units: an int8 row of n values is n / 2 of them.
+                c.n_text_state * st.kv_elem / 2,
                 self.len,
             )?;
         }

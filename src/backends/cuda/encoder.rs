@@ -109,11 +109,22 @@ impl CudaModel {
 
     /// The cross-attention keys and values of every decoder layer for one window's encoder
     /// output (fp16 `[n_audio_ctx][n]` at `features`): fp16 `[n_audio_ctx][L * 2n]` at `out`.
+    /// With the int8 KV cache, the GEMM writes fp16 to a scratch buffer and `out` gets them
+    /// quantized (int8, same layout). While calibrating, their ranges are recorded.
     pub(super) fn cross_kv(&self, features: CUdeviceptr, out: CUdeviceptr) -> Result<()> {
         let c = &self.config;
-        let (n, t) = (c.n_text_state, c.n_audio_ctx);
-        let shape = GemmShape::linear(t, c.n_text_layer * 2 * n, n, Out::F16, Epilogue::Bias, false);
-        self.linear(&shape, &self.dec.cross_kv, features, out)
+        let (n, t, l) = (c.n_text_state, c.n_audio_ctx, c.n_text_layer);
+        let shape = GemmShape::linear(t, l * 2 * n, n, Out::F16, Epilogue::Bias, false);
+        let dst = self.cross_scratch.as_ref().map_or(out, |b| b.ptr());
+        self.linear(&shape, &self.dec.cross_kv, features, dst)?;
+        let stats = self.kv_stats_ptr();
+        if stats != 0 {
+            self.kernels.kv_absmax(dst, t, l * 2 * n, l * 2 * n, n, l, (crate::kv_quant::CROSS_K, 0), stats)?;
+        }
+        if self.cross_scratch.is_some() {
+            self.kernels.quantize_cross_kv(dst, out, t, n, l, self.kv_scales)?;
+        }
+        Ok(())
     }
 
     /// `y (+)= x · wᵀ + b` of linear layer `lin` in the shape `s` says: cuBLASLt for an fp16

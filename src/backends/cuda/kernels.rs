@@ -20,7 +20,7 @@ pub const SPLIT_KEYS: usize = 128;
 pub const SPLIT_PART: usize = D_HEAD + 2;
 
 /// Every kernel: (file stem, kernel name).
-pub const FUNCTIONS: [(&str, &str); 23] = [
+pub const FUNCTIONS: [(&str, &str); 28] = [
     ("layernorm", "layernorm_f32_f16"),
     ("conv", "im2col_conv1"),
     ("conv", "im2col_conv2_gelu"),
@@ -44,6 +44,11 @@ pub const FUNCTIONS: [(&str, &str); 23] = [
     ("gemm_w8", "gemm_w8"),
     ("gemm_w8", "gemm_w8_m32"),
     ("decoder_step", "decoder_step"),
+    ("decoder_attention", "decoder_self_attention_split_i8"),
+    ("decoder_attention", "cross_attention_split_i8"),
+    ("kv_quant", "kv_append_i8"),
+    ("kv_quant", "quantize_cross_kv"),
+    ("kv_quant", "kv_absmax"),
 ];
 
 /// Largest k of [`Kernels::topk_logprobs`] (`TOPK_MAX` in logits.cu).
@@ -165,6 +170,12 @@ pub struct Kernels {
     gemv1_i8: CudaFunction,
     gemm_w8: CudaFunction,
     gemm_w8_m32: CudaFunction,
+    /// The int8 KV cache (kv.rs).
+    decoder_self_attention_split_i8: CudaFunction,
+    cross_attention_split_i8: CudaFunction,
+    kv_append_i8: CudaFunction,
+    quantize_cross_kv: CudaFunction,
+    kv_absmax: CudaFunction,
     /// The fused decoder step (launched by step.rs).
     pub(super) decoder_step: CudaFunction,
     /// GEMV blocks resident at once (4 per multiprocessor, which leaves room for the next
@@ -257,7 +268,8 @@ impl Drop for PdlScope<'_> {
     }
 }
 
-// The weight-only int8 launchers (after `launch!`, which they use).
+// The weight-only int8 and int8 KV launchers (after `launch!`, which they use).
+mod kv;
 mod quant;
 
 fn grid_stride(total: usize, threads: u32) -> LaunchConfig {
@@ -317,6 +329,11 @@ impl Kernels {
             gemv1_i8: f("gemv", "gemv1_i8")?,
             gemm_w8: f("gemm_w8", "gemm_w8")?,
             gemm_w8_m32: f("gemm_w8", "gemm_w8_m32")?,
+            decoder_self_attention_split_i8: f("decoder_attention", "decoder_self_attention_split_i8")?,
+            cross_attention_split_i8: f("decoder_attention", "cross_attention_split_i8")?,
+            kv_append_i8: f("kv_quant", "kv_append_i8")?,
+            quantize_cross_kv: f("kv_quant", "quantize_cross_kv")?,
+            kv_absmax: f("kv_quant", "kv_absmax")?,
             gemv_wave: std::env::var("WHISPER_TRT_GEMV_WAVE").ok().and_then(|v| v.parse::<usize>().ok()).map_or(4, |w| w.max(1)) * sms,
             gemv_xs: std::env::var("WHISPER_TRT_GEMV_SMEM").ok().and_then(|v| v.parse::<usize>().ok()).map_or(GEMV_XS, |kib| kib << 10),
             sms,

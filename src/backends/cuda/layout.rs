@@ -35,6 +35,12 @@ fn f32_tensor(name: String, shape: Vec<usize>, data: &[f32]) -> EngineTensor {
     EngineTensor { name, dtype: Dtype::F32, shape, data: bytes }
 }
 
+/// The int8 KV cache's calibrated scales as the engine tensor `kv.scales`, f32
+/// `[4][n_layer][n_head]`.
+pub fn kv_scales_tensor(s: &crate::kv_quant::KvScales) -> EngineTensor {
+    f32_tensor(crate::kv_quant::SCALES_TENSOR.into(), vec![crate::kv_quant::KINDS, s.n_layer, s.n_head], &s.scales)
+}
+
 /// The engine name of the row scales of quantized weight `name` (`X.w` -> `X.ws`, `dec.tok_emb`
 /// -> `dec.tok_emb.s`).
 pub fn scale_name(name: &str) -> String {

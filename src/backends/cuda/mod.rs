@@ -50,13 +50,21 @@ pub struct CudaModel {
     dec_state: RefCell<decoder::DecoderState>,
     select: select::SelectBuffers,
     pool: Arc<Mutex<Vec<DeviceBuffer>>>,
+    /// int8 KV cache (`--int8-kv`): the scales (f32 `[4][n_layer][n_head]` in the weights; 0
+    /// for fp16 keys and values) and the fp16 scratch the cross K/V GEMM writes before they are
+    /// quantized.
+    kv_scales: u64,
+    cross_scratch: Option<DeviceBuffer>,
+    /// Calibration: the largest |K| and |V| seen per (kind, layer, head), f32 `[4][L][H]`,
+    /// while [`CudaModel::start_kv_stats`] is in force.
+    kv_stats: RefCell<Option<DeviceBuffer>>,
     weights: weights::DeviceWeights,
     // Last: everything above holds device memory of this context.
     gpu: Gpu,
 }
 
 /// Audio features of one window on the GPU: the cross-attention keys and values of every
-/// decoder layer, fp16 `[n_audio_ctx][n_text_layer * 2 * n_text_state]`.
+/// decoder layer, fp16 (int8 with `--int8-kv`) `[n_audio_ctx][n_text_layer * 2 * n_text_state]`.
 pub struct CudaFeatures {
     buf: Option<DeviceBuffer>,
     bytes: usize,
@@ -115,6 +123,16 @@ impl CudaModel {
         Self::from_parts(gpu, config, options, &modules, &tensors, &[])
     }
 
+    /// [`CudaModel::from_weights`] with an int8 KV cache of these scales (tests).
+    pub fn from_weights_kv(config: ModelConfig, weights: &Weights, options: BuildOptions, scales: &crate::kv_quant::KvScales) -> Result<Self> {
+        let gpu = Gpu::new(0)?;
+        let (major, minor) = gpu.compute_capability;
+        let modules = crate::engine::nvrtc::compile_all(major, minor)?;
+        let mut tensors = layout::engine_tensors(&config, weights, options.weight_only)?;
+        tensors.push(layout::kv_scales_tensor(scales));
+        Self::from_parts(gpu, config, BuildOptions { int8_kv: true, ..options }, &modules, &tensors, &[])
+    }
+
     /// Uploads weights, loads the cubins, allocates every buffer and builds the GEMM plans.
     pub fn from_parts(
         gpu: Gpu,
@@ -137,7 +155,15 @@ impl CudaModel {
         gemm.prepare(&gemm::gemm_shapes(&config, &options))?;
         let enc_buf = encoder::EncoderBuffers::new(&gpu, &config, options.max_batch)?;
         let max_seqs = options.max_batch.max(1) * options.beam_width.max(1);
-        let dec_state = decoder::DecoderState::new(&gpu, &config, max_seqs)?;
+        let kv_scales = match options.int8_kv {
+            true => weights.get(crate::kv_quant::SCALES_TENSOR, crate::engine::Dtype::F32, &[crate::kv_quant::KINDS, config.n_text_layer, config.n_text_head])?,
+            false => 0,
+        };
+        let cross_scratch = match options.int8_kv {
+            true => Some(gpu.alloc(config.n_audio_ctx * config.n_text_layer * 2 * config.n_text_state * 2)?),
+            false => None,
+        };
+        let dec_state = decoder::DecoderState::new(&gpu, &config, max_seqs, if options.int8_kv { 1 } else { 2 })?;
         let select = select::SelectBuffers::new(&gpu, config.n_vocab, max_seqs)?;
         gpu.sync()?;
         Ok(CudaModel {
@@ -151,6 +177,9 @@ impl CudaModel {
             dec_state: RefCell::new(dec_state),
             select,
             pool: Arc::new(Mutex::new(Vec::new())),
+            kv_scales,
+            cross_scratch,
+            kv_stats: RefCell::new(None),
             weights,
             gpu,
         })
@@ -205,7 +234,55 @@ impl CudaModel {
 
     fn features_bytes(&self) -> usize {
         let c = &self.config;
-        c.n_audio_ctx * c.n_text_layer * 2 * c.n_text_state * 2
+        c.n_audio_ctx * c.n_text_layer * 2 * c.n_text_state * self.kv_elem()
+    }
+
+    /// Bytes per cached key or value: 1 with the int8 KV cache, else 2.
+    fn kv_elem(&self) -> usize {
+        if self.kv_scales != 0 {
+            1
+        } else {
+            2
+        }
+    }
+
+    /// Whether keys and values are cached in int8 (`--int8-kv`).
+    pub fn int8_kv(&self) -> bool {
+        self.kv_scales != 0
+    }
+
+    /// Calibration: from now on every cross K/V and every decoder step records the largest |K|
+    /// and |V| per (kind, layer, head), until [`CudaModel::take_kv_stats`].
+    pub fn start_kv_stats(&self) -> Result<()> {
+        let c = &self.config;
+        let buf = self.gpu.alloc(crate::kv_quant::KINDS * c.n_text_layer * c.n_text_head * 4)?;
+        *self.kv_stats.try_borrow_mut().map_err(|_| anyhow!("internal: calibration statistics in use"))? = Some(buf);
+        // Captured steps were recorded without the statistics kernels.
+        self.dec_state.try_borrow_mut().map_err(|_| anyhow!("a decoder session is active"))?.clear_graphs();
+        Ok(())
+    }
+
+    /// The statistics recorded since [`CudaModel::start_kv_stats`] (None if it was not called).
+    pub fn take_kv_stats(&self) -> Result<Option<crate::kv_quant::KvStats>> {
+        let Some(buf) = self.kv_stats.try_borrow_mut().map_err(|_| anyhow!("internal: calibration statistics in use"))?.take() else {
+            return Ok(None);
+        };
+        self.dec_state.try_borrow_mut().map_err(|_| anyhow!("a decoder session is active"))?.clear_graphs();
+        let c = &self.config;
+        let mut st = crate::kv_quant::KvStats::new(c.n_text_layer, c.n_text_head);
+        self.gpu.copy_from(buf.ptr(), &mut st.amax)?;
+        Ok(Some(st))
+    }
+
+    /// The statistics buffer while calibrating, else 0.
+    fn kv_stats_ptr(&self) -> u64 {
+        self.kv_stats.try_borrow().ok().and_then(|b| b.as_ref().map(|b| b.ptr())).unwrap_or(0)
+    }
+
+    /// Scales of `kind` for layer `l` (f32 `[n_head]`), for the int8 KV kernels.
+    fn kv_scale_ptr(&self, kind: usize, l: usize) -> u64 {
+        let c = &self.config;
+        self.kv_scales + ((kind * c.n_text_layer + l) * c.n_text_head * 4) as u64
     }
 
     fn take_features(&self) -> Result<CudaFeatures> {

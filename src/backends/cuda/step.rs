@@ -167,6 +167,9 @@ impl FusedStep {
         let c = &model.config;
         let gpu = &model.gpu;
         let n = c.n_text_state;
+        if model.int8_kv() {
+            bail!("the fused decoder step takes an fp16 KV cache only, not --int8-kv");
+        }
         if model.dec.tok_scale != 0 {
             bail!("the fused decoder step takes fp16 weights only, not weight-only int8");
         }
