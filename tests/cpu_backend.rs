@@ -303,3 +303,38 @@ fn wrong_shape_is_an_error_naming_the_tensor() {
     let err = CpuModel::new(fixture_config(), Weights::from_map(Path::new("bad.safetensors"), tensors)).err().expect("an error");
     assert!(format!("{err:#}").contains("encoder.conv2.bias"), "{err:#}");
 }
+
+/// The int8 KV cache on the CPU reference (`build --int8-kv`): calibration records a maximum
+/// for every (kind, layer, head); with the calibrated scales the logits move a little (the round
+/// trip is applied), with scales 20 times too small (saturation) they move far more.
+#[test]
+fn int8_kv_round_trip_follows_calibrated_scales() {
+    use whisper_trt::kv_quant::KvScales;
+    let tokens = ids(&expected()["tokens_with_prompt"]);
+    let weights = Weights::from_map(Path::new("tiny_random_hf(renamed)"), fixture_tensors().unwrap());
+    let mut m = CpuModel::new(fixture_config(), weights).unwrap();
+    let run = |m: &CpuModel| -> Vec<f32> {
+        let mut s = m.session(encoded(), 1).unwrap();
+        s.forward(&[&tokens[..2]]).unwrap();
+        tokens[2..8].iter().flat_map(|&t| s.forward(&[&[t]]).unwrap()).collect()
+    };
+    m.start_kv_stats();
+    let exact = run(&m);
+    let stats = m.take_kv_stats().unwrap();
+    assert!(stats.amax.iter().all(|&a| a > 0.0), "a head with no recorded values: {:?}", stats.amax);
+    let rel = |a: &[f32]| {
+        let num: f32 = a.iter().zip(&exact).map(|(x, y)| (x - y).powi(2)).sum();
+        (num / exact.iter().map(|y| y * y).sum::<f32>()).sqrt()
+    };
+    let scales = stats.scales().unwrap();
+    m.set_kv_scales(Some(scales.clone())).unwrap();
+    let calibrated = rel(&run(&m));
+    let small = KvScales::new(scales.n_layer, scales.n_head, scales.scales.iter().map(|s| s / 20.0).collect()).unwrap();
+    m.set_kv_scales(Some(small)).unwrap();
+    let saturated = rel(&run(&m));
+    println!("int8 KV logits relative error: calibrated {calibrated:.2e}, saturated {saturated:.2e}");
+    assert!(calibrated > 0.0 && calibrated < 2e-2, "calibrated int8 KV: relative error {calibrated:.3e}");
+    assert!(saturated > 10.0 * calibrated, "saturated {saturated:.3e} vs calibrated {calibrated:.3e}");
+    let wrong = KvScales::new(scales.n_layer + 1, scales.n_head, vec![0.1; 4 * (scales.n_layer + 1) * scales.n_head]).unwrap();
+    assert!(m.set_kv_scales(Some(wrong)).is_err());
+}

@@ -443,6 +443,16 @@ mod build_command {
         assert_eq!(parse(&["--weight-only"]).unwrap().weight_only.as_deref(), Some("int8"));
         assert_eq!(parse(&["--weight-only", "int4"]).unwrap().weight_only.as_deref(), Some("int4"));
         assert!(parse(&["--weight-only", "int3"]).is_err());
+        // The line users type, in either order.
+        for line in [["--int8-kv", "--weight-only"], ["--weight-only", "--int8-kv"]] {
+            let a = parse(&line).unwrap();
+            assert!(a.int8_kv, "{line:?}");
+            assert_eq!(a.weight_only.as_deref(), Some("int8"), "{line:?}");
+            assert_eq!((a.calib.as_deref(), a.calib_files), (None, 32));
+        }
+        let a = parse(&["--int8-kv", "--calib", "clips", "--calib-files", "8"]).unwrap();
+        assert_eq!((a.calib.as_deref(), a.calib_files), (Some(Path::new("clips")), 8));
+        assert!(parse(&["--calib", "clips"]).is_err(), "--calib only goes with --int8-kv");
         assert!(parse(&["--dtype", "fp32"]).is_err());
         assert!(parse(&["--seed", "1"]).is_err(), "--seed only goes with --synthetic");
         assert!(parse(&["--synthetic", "tiny", "--model", "m"]).is_err());
@@ -455,6 +465,24 @@ mod build_command {
         assert_eq!(p.parent().unwrap().parent().unwrap(), whisper_trt::paths::models_dir());
         let p = default_engine_path(Path::new("/somewhere/base/"), (8, 6));
         assert!(p.ends_with("engines/base-sm_86-fp16.engine"), "{}", p.display());
+        let p = builder::engine_path_with("base", (9, 0), Some(whisper_trt::quant::WeightQuant::Int8), true);
+        assert!(p.ends_with("engines/base-sm_90-fp16-w8-kv8.engine"), "{}", p.display());
+        let p = builder::engine_path_with("base", (9, 0), None, true);
+        assert!(p.ends_with("engines/base-sm_90-fp16-kv8.engine"), "{}", p.display());
+    }
+
+    /// A missing calibration folder, or one with no audio, fails before any GPU work, naming it.
+    #[test]
+    fn int8_kv_calibration_audio_is_checked_first() {
+        let missing = Scratch::new("calib").0.join("nowhere");
+        let args = BuildArgs { synthetic: Some("tiny".into()), int8_kv: true, calib: Some(missing.clone()), ..BuildArgs::defaults() };
+        let msg = line(builder::build(&args).unwrap_err());
+        assert!(msg.contains(&missing.display().to_string()) && msg.contains("not found"), "{msg}");
+        let empty = Scratch::new("calib-empty");
+        std::fs::write(empty.0.join("notes.txt"), "no audio here").unwrap();
+        let args = BuildArgs { calib: Some(empty.0.clone()), ..args };
+        let msg = line(builder::build(&args).unwrap_err());
+        assert!(msg.contains(&empty.0.display().to_string()) && msg.contains("no audio files"), "{msg}");
     }
 
     #[test]

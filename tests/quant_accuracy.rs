@@ -94,3 +94,45 @@ fn tiny_en_weight_only_quantization_within_bars() {
 fn base_weight_only_quantization_within_bars() {
     check("base");
 }
+
+/// Corpus WER with the int8 KV cache on the CPU reference: scales calibrated by the CPU itself
+/// (`engine::calibrate`, the build's procedure) on the first 32 shared LibriSpeech clips, then
+/// every self and cross key and value through the int8 round trip; as stored against int8 KV.
+fn check_kv8(model: &str) {
+    use whisper_trt::engine::calibrate;
+    let normalizer = EnglishTextNormalizer::from_json_file(&common::shared().join("data/whisper/english.json")).unwrap();
+    let clips = clips(model);
+    let start = std::time::Instant::now();
+    let base = wer(model, None, &clips, &normalizer);
+    let dir = common::model_dir(model);
+    let config = ModelConfig::load(&dir.join("config.json")).unwrap();
+    let mut backend = CpuModel::new(config.clone(), Weights::load(&dir.join("model.safetensors")).unwrap()).unwrap();
+    let files = calibrate::audio_files(&common::shared().join("data/librispeech"), 32).unwrap();
+    backend.start_kv_stats();
+    calibrate::run(&backend, &calibrate::windows(&files, config.n_mels).unwrap()).unwrap();
+    let stats = backend.take_kv_stats().unwrap();
+    println!("{model}: calibrated on {} files: {}", files.len(), stats.summary());
+    backend.set_kv_scales(Some(stats.scales().unwrap())).unwrap();
+    let t = Transcriber::new(backend, Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap(), DecodeOptions { language: Some("en".into()), ..DecodeOptions::default() });
+    let (mut edits, mut words) = (0usize, 0usize);
+    for c in &clips {
+        let out = t.transcribe_file(&c.audio).unwrap();
+        edits += word_edits(&c.normalized_ref, &normalizer.normalize(&out.text));
+        words += c.normalized_ref.split_whitespace().count();
+    }
+    let kv8 = 100.0 * edits as f64 / words as f64;
+    println!("{model} greedy, {} clips, CPU f32, {:.1} s: WER as stored {base:.3}%, int8 KV {kv8:.3}% ({:+.3})", clips.len(), start.elapsed().as_secs_f64(), kv8 - base);
+    assert!(kv8 - base <= 0.2, "{model}: int8 KV raises WER by {:.3} points (bar 0.2)", kv8 - base);
+}
+
+#[test]
+#[ignore = "about 10 minutes of CPU"]
+fn tiny_en_int8_kv_within_bar() {
+    check_kv8("tiny.en");
+}
+
+#[test]
+#[ignore = "about 10 minutes of CPU"]
+fn base_int8_kv_within_bar() {
+    check_kv8("base");
+}
