@@ -141,22 +141,28 @@ extern "C" __global__ void __launch_bounds__(128) cross_attention(const __half* 
 // The keys and values of one split, in registers: thread (grp, sub) holds dims sub*8..sub*8+7 of
 // keys and values grp, grp + 16, ... (SPLIT / 16 of each). All of them are requested at once, so
 // a split costs one memory round trip instead of one per 16 keys. P holds 8 dims: uint4 for
-// fp16 keys and values, uint2 for the int8 KV cache.
-template <typename P>
+// fp16 keys and values, uint2 for the int8 KV cache, whose splits are SPLIT_I8 keys. (256 keys,
+// the registers and bytes in flight of an fp16 split, measured worse: H100, large-v2, step at
+// batch 1 / 32 against fp16 in the same run 1.941 / 4.857 vs 1.709 / 6.286 ms, where 128 gave
+// 1.720 / 4.111 vs 1.627 / 5.579 on an H200.)
+#define SPLIT_I8 128
+template <typename P, int S>
 struct SplitKvT {
-    P k[SPLIT / 16];
-    P v[SPLIT / 16];
+    static const int N = S;
+    typedef P Piece;
+    P k[S / 16];
+    P v[S / 16];
 };
-typedef SplitKvT<uint4> SplitKv;
-typedef SplitKvT<uint2> SplitKv8;
+typedef SplitKvT<uint4, SPLIT> SplitKv;
+typedef SplitKvT<uint2, SPLIT_I8> SplitKv8;
 
 __device__ __forceinline__ void zero8(uint4& p) { p = make_uint4(0u, 0u, 0u, 0u); }
 __device__ __forceinline__ void zero8(uint2& p) { p = make_uint2(0u, 0u); }
 
-template <typename P>
-__device__ __forceinline__ void zero_split(SplitKvT<P>& kv) {
+template <typename KV>
+__device__ __forceinline__ void zero_split(KV& kv) {
 #pragma unroll
-    for (int p = 0; p < SPLIT / 16; p++) {
+    for (int p = 0; p < KV::N / 16; p++) {
         zero8(kv.k[p]);
         zero8(kv.v[p]);
     }
@@ -176,16 +182,16 @@ __device__ __forceinline__ void dims8(const uint2& p, float (&f)[8]) { unpack_i8
 
 // Loads keys and values lo..hi of a split (rows ldk / ldv elements apart; T is __half or
 // signed char, P the matching 8-dim piece), leaving the others as they are; 128 threads.
-template <typename T, typename P>
+template <typename T, typename KV>
 __device__ __forceinline__ void load_split(const T* k, long long ldk, const T* v, long long ldv, int lo, int hi,
-                                           SplitKvT<P>& kv) {
+                                           KV& kv) {
     const int grp = threadIdx.x >> 3, sub = threadIdx.x & 7;
 #pragma unroll
-    for (int p = 0; p < SPLIT / 16; p++) {
+    for (int p = 0; p < KV::N / 16; p++) {
         const int j = p * 16 + grp;
         if (j >= lo && j < hi) {
-            kv.k[p] = *reinterpret_cast<const P*>(k + (size_t)j * ldk + sub * 8);
-            kv.v[p] = *reinterpret_cast<const P*>(v + (size_t)j * ldv + sub * 8);
+            kv.k[p] = *reinterpret_cast<const typename KV::Piece*>(k + (size_t)j * ldk + sub * 8);
+            kv.v[p] = *reinterpret_cast<const typename KV::Piece*>(v + (size_t)j * ldv + sub * 8);
         }
     }
 }
@@ -196,10 +202,10 @@ __device__ __forceinline__ void load_split(const T* k, long long ldk, const T* v
 // normalised result goes there (fp16, DH values) instead of a partial to `part`: merge_parts's
 // numbers for one split (weight exp(0) = 1). ks, vs: the scales of int8 keys and values (the
 // query is multiplied by ks, the output by vs); 1 for fp16.
-template <typename P>
-__device__ void attend_part(const __half* __restrict__ q, const SplitKvT<P>& kv, int nk, float* __restrict__ part,
+template <typename KV>
+__device__ void attend_part(const __half* __restrict__ q, const KV& kv, int nk, float* __restrict__ part,
                             __half* __restrict__ out = nullptr, float ks = 1.f, float vs = 1.f) {
-    __shared__ float sc[SPLIT];
+    __shared__ float sc[KV::N];
     __shared__ float qs[DH];
     __shared__ float red[WARPS];
     __shared__ float acc_s[16][DH];
@@ -217,7 +223,7 @@ __device__ void attend_part(const __half* __restrict__ q, const SplitKvT<P>& kv,
     __syncthreads();
     // Scores. Every thread runs every pass, so the shuffles never diverge.
 #pragma unroll
-    for (int p = 0; p < SPLIT / 16; p++) {
+    for (int p = 0; p < KV::N / 16; p++) {
         const int j = p * 16 + grp;
         float f[8];
         dims8(kv.k[p], f);
@@ -254,7 +260,7 @@ __device__ void attend_part(const __half* __restrict__ q, const SplitKvT<P>& kv,
     // P V: each thread accumulates 8 dims over the keys of its group.
     float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-    for (int p = 0; p < SPLIT / 16; p++) {
+    for (int p = 0; p < KV::N / 16; p++) {
         const int j = p * 16 + grp;
         if (j < nk) {
             const float pj = sc[j];
@@ -352,7 +358,7 @@ __device__ void merge_if_last(const float* part, unsigned* cnt, __half* __restri
 // the cache below position len were written before the step's first kernel (host copies, earlier
 // steps; that kernel is launched without PDL), so those keys and values load before the wait;
 // only the step's own positions (the QKV kernel's append) load after it.
-template <typename T, typename P>
+template <typename T, typename KV>
 __device__ __forceinline__ void self_split(const __half* __restrict__ qkv, const T* __restrict__ k_cache,
                                            const T* __restrict__ v_cache, const int* __restrict__ slots,
                                            float* __restrict__ part, unsigned* __restrict__ cnt,
@@ -363,10 +369,10 @@ __device__ __forceinline__ void self_split(const __half* __restrict__ qkv, const
     const int s = row / t, i = row % t;
     const int len = *len_ptr;
     const int n_keys = len + i + 1;
-    const int used = (n_keys + SPLIT - 1) / SPLIT;
-    const int k0 = sp * SPLIT, nk = min(SPLIT, n_keys - k0);
+    const int used = (n_keys + KV::N - 1) / KV::N;
+    const int k0 = sp * KV::N, nk = min(KV::N, n_keys - k0);
     float* p = part + (((size_t)row * gridDim.y + h) * gridDim.z + sp) * PART;
-    SplitKvT<P> kv;
+    KV kv;
     zero_split(kv);
     if (sp >= used) {
         // Without a counter attention_combine merges every split: this one's empty partial.
@@ -392,16 +398,16 @@ extern "C" __global__ void __launch_bounds__(128) decoder_self_attention_split(
     const __half* __restrict__ qkv, const __half* __restrict__ k_cache, const __half* __restrict__ v_cache,
     const int* __restrict__ slots, float* __restrict__ part, unsigned* __restrict__ cnt, __half* __restrict__ out,
     int n, int t, const int* __restrict__ len_ptr, int ctx) {
-    self_split<__half, uint4>(qkv, k_cache, v_cache, slots, part, cnt, out, n, t, len_ptr, ctx, nullptr, nullptr);
+    self_split<__half, SplitKv>(qkv, k_cache, v_cache, slots, part, cnt, out, n, t, len_ptr, ctx, nullptr, nullptr);
 }
 
 // The same over the int8 cache (`--int8-kv`): k_cache, v_cache int8 [slots][ctx][n]; ks, vs:
-// this layer's scales of keys and values, f32 [heads].
+// this layer's scales of keys and values, f32 [heads]. Splits of SPLIT_I8 keys.
 extern "C" __global__ void __launch_bounds__(128) decoder_self_attention_split_i8(
     const __half* __restrict__ qkv, const signed char* __restrict__ k_cache, const signed char* __restrict__ v_cache,
     const int* __restrict__ slots, float* __restrict__ part, unsigned* __restrict__ cnt, __half* __restrict__ out,
     int n, int t, const int* __restrict__ len_ptr, int ctx, const float* __restrict__ ks, const float* __restrict__ vs) {
-    self_split<signed char, uint2>(qkv, k_cache, v_cache, slots, part, cnt, out, n, t, len_ptr, ctx, ks, vs);
+    self_split<signed char, SplitKv8>(qkv, k_cache, v_cache, slots, part, cnt, out, n, t, len_ptr, ctx, ks, vs);
 }
 
 // cross_attention over splits: grid (rows, heads, n_splits), 128 threads; part, cnt, out as
@@ -411,16 +417,16 @@ extern "C" __global__ void __launch_bounds__(128) decoder_self_attention_split_i
 // asked L2 for them there and loaded 16 keys per round trip after the wait; copying them to
 // shared memory took 37 KB per block: fewer resident blocks, and slower in isolation, 16.2 vs
 // 11.4 us at 4 rows on the H100.)
-template <typename T, typename P>
+template <typename T, typename KV>
 __device__ __forceinline__ void cross_split(const __half* __restrict__ q, int ldq, const T* kv_base, long long ldkv,
                                             int n_keys, float* __restrict__ part, unsigned* __restrict__ cnt,
                                             __half* __restrict__ out, int n, const float* __restrict__ ks,
                                             const float* __restrict__ vs) {
     const int row = blockIdx.x, h = blockIdx.y, sp = blockIdx.z;
-    const int k0 = sp * SPLIT, nk = min(SPLIT, n_keys - k0);
+    const int k0 = sp * KV::N, nk = min(KV::N, n_keys - k0);
     const T* kvp = kv_base + (size_t)k0 * ldkv + h * DH;
     // The split's keys and values into registers, all at once, before the wait.
-    SplitKvT<P> kv;
+    KV kv;
     zero_split(kv);
     load_split(kvp, ldkv, kvp + n, ldkv, 0, nk, kv);
     const float k_scale = ks != nullptr ? ks[h] : 1.f, v_scale = vs != nullptr ? vs[h] : 1.f;
@@ -437,18 +443,19 @@ extern "C" __global__ void __launch_bounds__(128) cross_attention_split(const __
                                                                         int n_keys, float* __restrict__ part,
                                                                         unsigned* __restrict__ cnt,
                                                                         __half* __restrict__ out, int n) {
-    cross_split<__half, uint4>(q, ldq, cross_kv(kv_table, kv_off, t, blockIdx.x), ldkv, n_keys, part, cnt, out, n,
+    cross_split<__half, SplitKv>(q, ldq, cross_kv(kv_table, kv_off, t, blockIdx.x), ldkv, n_keys, part, cnt, out, n,
                                nullptr, nullptr);
 }
 
 // The same over int8 cross keys and values (`--int8-kv`): the table's entries point at int8
-// [n_keys][ldkv]; kv_off and ldkv count bytes; ks, vs: this layer's scales, f32 [heads].
+// [n_keys][ldkv]; kv_off and ldkv count bytes; ks, vs: this layer's scales, f32 [heads]. Splits
+// of SPLIT_I8 keys.
 extern "C" __global__ void __launch_bounds__(128) cross_attention_split_i8(
     const __half* __restrict__ q, int ldq, const unsigned long long* __restrict__ kv_table, long long kv_off, int t,
     long long ldkv, int n_keys, float* __restrict__ part, unsigned* __restrict__ cnt, __half* __restrict__ out, int n,
     const float* __restrict__ ks, const float* __restrict__ vs) {
     const signed char* kv = reinterpret_cast<const signed char*>(kv_table[blockIdx.x / t]) + kv_off;
-    cross_split<signed char, uint2>(q, ldq, kv, ldkv, n_keys, part, cnt, out, n, ks, vs);
+    cross_split<signed char, SplitKv8>(q, ldq, kv, ldkv, n_keys, part, cnt, out, n, ks, vs);
 }
 
 // Merges the n_splits partial results of every (row, head): grid (rows, heads), DH threads.

@@ -522,7 +522,8 @@ impl CudaSession<'_> {
             if on(1) && int8_kv {
                 let scales = (m.kv_scale_ptr(SELF_K, l), m.kv_scale_ptr(SELF_V, l));
                 let dims = (rows, n, c.n_text_head, tc);
-                k.decoder_self_attention_split_i8(qkv, kc, vc, st.slots.ptr(), st.part.ptr(), dims, len, st.ctx, st.self_splits, merge, scales)?;
+                let splits = st.ctx.div_ceil(crate::backends::cuda::kernels::SPLIT_KEYS_I8);
+                k.decoder_self_attention_split_i8(qkv, kc, vc, st.slots.ptr(), st.part.ptr(), dims, len, st.ctx, splits, merge, scales)?;
             } else if on(1) && st.use_split {
                 let part = st.part.ptr();
                 k.decoder_self_attention_split(qkv, kc, vc, st.slots.ptr(), part, rows, n, c.n_text_head, tc, len, st.ctx, st.self_splits, merge)?;

@@ -16,6 +16,8 @@ pub const LN_EPS: f32 = 1e-5;
 pub const D_HEAD: usize = 64;
 /// Keys per block of the split (flash-decoding) attention kernels (`SPLIT` in decoder_attention.cu).
 pub const SPLIT_KEYS: usize = 128;
+/// Keys per block of the int8 KV cache's split kernels (`SPLIT_I8`).
+pub const SPLIT_KEYS_I8: usize = 128;
 /// f32 values per partial result of a split: max, sum and D_HEAD outputs.
 pub const SPLIT_PART: usize = D_HEAD + 2;
 

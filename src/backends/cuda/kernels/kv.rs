@@ -1,7 +1,7 @@
 //! The launchers of the int8 KV cache (`build --int8-kv`; kernels/kv_quant.cu and the `_i8`
 //! attention kernels of kernels/decoder_attention.cu). Scales are f32 `[4][n_layer][n_head]`
 //! (see [`crate::kv_quant`]); the launchers take pointers to one layer's heads of one kind.
-use super::{grid_stride, i32_of, launch_pdl, launched, CrossKv, Kernels, D_HEAD, SPLIT_KEYS};
+use super::{grid_stride, i32_of, launch_pdl, launched, CrossKv, Kernels, D_HEAD, SPLIT_KEYS_I8};
 use anyhow::Result;
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
@@ -29,7 +29,8 @@ impl Kernels {
         launch!(self, kv_append_i8, "kv_append_i8", cfg, [&qkv, &k_cache, &v_cache, &slots, &r, &nn, &tt, &len, &cc, &ks, &vs])
     }
 
-    /// PDL. [`Kernels::decoder_self_attention_split`] over this layer's int8 caches.
+    /// PDL. [`Kernels::decoder_self_attention_split`] over this layer's int8 caches, in splits of
+    /// [`SPLIT_KEYS_I8`] keys (`n_splits` = ctx / that, rounded up).
     #[allow(clippy::too_many_arguments)]
     pub fn decoder_self_attention_split_i8(
         &self,
@@ -57,8 +58,8 @@ impl Kernels {
         )
     }
 
-    /// PDL. [`Kernels::cross_attention_split`] over int8 cross K/V: `kv.offset` and `ldkv` count
-    /// bytes (= values).
+    /// PDL. [`Kernels::cross_attention_split`] over int8 cross K/V, in splits of
+    /// [`SPLIT_KEYS_I8`] keys: `kv.offset` and `ldkv` count bytes (= values).
     #[allow(clippy::too_many_arguments)]
     pub fn cross_attention_split_i8(
         &self,
@@ -75,7 +76,7 @@ impl Kernels {
         let (lq, lkv, nk, nn) = (i32_of(ldq, "ldq")?, ldkv as i64, i32_of(n_keys, "n_keys")?, i32_of(n, "n")?);
         let (table, off, t) = (kv.table, kv.offset as i64, i32_of(kv.tokens, "tokens")?);
         let (cnt, out) = merge.unwrap_or((0, 0));
-        let splits = n_keys.div_ceil(SPLIT_KEYS) as u32;
+        let splits = n_keys.div_ceil(SPLIT_KEYS_I8) as u32;
         let cfg = LaunchConfig { grid_dim: (rows as u32, n_head as u32, splits), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
         launch!(self, cross_attention_split_i8, "cross_attention_split_i8", cfg, [&q, &lq, &table, &off, &t, &lkv, &nk, &part, &cnt, &out, &nn, &ks, &vs])
     }
