@@ -31,3 +31,9 @@ pub fn default_model() -> PathBuf {
 pub fn english_spelling() -> PathBuf {
     models_dir().join("assets").join("english.json")
 }
+
+/// The shared test data folder (LibriSpeech clips and transcripts): `$WHISPER_TRT_SHARED`, else
+/// `../shared`.
+pub fn shared_dir() -> PathBuf {
+    std::env::var_os("WHISPER_TRT_SHARED").map_or_else(|| PathBuf::from("../shared"), PathBuf::from)
+}

@@ -74,8 +74,7 @@ pub struct BenchArgs {
 }
 
 fn default_transcripts() -> PathBuf {
-    let shared = std::env::var_os("WHISPER_TRT_SHARED").map_or_else(|| PathBuf::from("../shared"), PathBuf::from);
-    shared.join("data/librispeech/transcripts/test-clean.trans.txt")
+    crate::paths::shared_dir().join("data/librispeech/transcripts/test-clean.trans.txt")
 }
 
 /// The workload's utterances and the tokenizer that counted them, checked before any GPU work.

@@ -20,8 +20,7 @@ const AUDIO_EXTENSIONS: [&str; 6] = ["flac", "wav", "mp3", "ogg", "m4a", "webm"]
 /// The default calibration audio: the shared LibriSpeech clips (`$WHISPER_TRT_SHARED`, else
 /// `../shared`), or a clear error when they are not there.
 pub fn default_dir() -> Result<PathBuf> {
-    let shared = std::env::var_os("WHISPER_TRT_SHARED").map_or_else(|| PathBuf::from("../shared"), PathBuf::from);
-    let dir = shared.join("data").join("librispeech");
+    let dir = crate::paths::shared_dir().join("data").join("librispeech");
     if !dir.is_dir() {
         bail!(
             "--int8-kv needs calibration audio: {} not found; pass --calib DIR (any folder of audio files)",
@@ -85,7 +84,7 @@ pub fn run<B: Backend>(model: &B, mels: &[Vec<f32>]) -> Result<usize> {
         for _ in 0..max_tokens {
             let logits = session.forward(&[feed.as_slice()])?;
             let last = &logits[logits.len() - c.n_vocab..];
-            let next = argmax(last);
+            let next = crate::decoding::greedy::argmax(last) as u32;
             decoded += 1;
             if next == eot {
                 break;
@@ -94,16 +93,6 @@ pub fn run<B: Backend>(model: &B, mels: &[Vec<f32>]) -> Result<usize> {
         }
     }
     Ok(decoded)
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// What a calibration used, for the build's report.
