@@ -9,9 +9,11 @@
 // columns n..2n, value in 2n..3n); row = s * t + i goes to position len + i of slot slots[s]
 // (len read from device memory, for graph replay).
 // Requires n % 8 == 0 (16-byte pieces).
-extern "C" __global__ void kv_append(const __half* __restrict__ qkv, __half* __restrict__ k_cache,
-                                     __half* __restrict__ v_cache, const int* __restrict__ slots, int rows, int n,
-                                     int t, const int* __restrict__ len_ptr, int ctx) {
+// The loop both appends share: store(src, dst) writes the 8 values of qkv at src (a key; the
+// value is n further) to element dst of this layer's caches.
+template <typename Store>
+__device__ __forceinline__ void append_rows(const __half* __restrict__ qkv, const int* __restrict__ slots, int rows,
+                                            int n, int t, const int* __restrict__ len_ptr, int ctx, Store store) {
     pdl_wait();
     pdl_launch();
     const int len = *len_ptr;
@@ -20,11 +22,33 @@ extern "C" __global__ void kv_append(const __half* __restrict__ qkv, __half* __r
     for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += gridDim.x * blockDim.x) {
         const int row = idx / per_row, c = (idx % per_row) * 8;
         const int s = row / t, i = row % t;
-        const __half* src = qkv + (size_t)row * 3 * n + c;
-        const size_t dst = ((size_t)slots[s] * ctx + len + i) * n + c;
-        *reinterpret_cast<uint4*>(k_cache + dst) = *reinterpret_cast<const uint4*>(src + n);
-        *reinterpret_cast<uint4*>(v_cache + dst) = *reinterpret_cast<const uint4*>(src + 2 * n);
+        store(qkv + (size_t)row * 3 * n + c + n, ((size_t)slots[s] * ctx + len + i) * n + c, c);
     }
+}
+
+// Writes the keys and values of the new tokens of one layer. qkv: fp16 [rows][3n] (key in
+// columns n..2n, value in 2n..3n); row = s * t + i goes to position len + i of slot slots[s]
+// (len read from device memory, for graph replay).
+// Requires n % 8 == 0 (16-byte pieces).
+extern "C" __global__ void kv_append(const __half* __restrict__ qkv, __half* __restrict__ k_cache,
+                                     __half* __restrict__ v_cache, const int* __restrict__ slots, int rows, int n,
+                                     int t, const int* __restrict__ len_ptr, int ctx) {
+    append_rows(qkv, slots, rows, n, t, len_ptr, ctx, [&](const __half* src, size_t dst, int) {
+        *reinterpret_cast<uint4*>(k_cache + dst) = *reinterpret_cast<const uint4*>(src);
+        *reinterpret_cast<uint4*>(v_cache + dst) = *reinterpret_cast<const uint4*>(src + n);
+    });
+}
+
+// kv_append for the int8 cache (`--int8-kv`): this layer's int8 caches [slots][ctx][n]; ks, vs:
+// its scales of keys and values, f32 [n / 64].
+extern "C" __global__ void kv_append_i8(const __half* __restrict__ qkv, signed char* __restrict__ k_cache,
+                                        signed char* __restrict__ v_cache, const int* __restrict__ slots, int rows,
+                                        int n, int t, const int* __restrict__ len_ptr, int ctx,
+                                        const float* __restrict__ ks, const float* __restrict__ vs) {
+    append_rows(qkv, slots, rows, n, t, len_ptr, ctx, [&](const __half* src, size_t dst, int c) {
+        *reinterpret_cast<uint2*>(k_cache + dst) = quant8(src, ks[c / 64]);
+        *reinterpret_cast<uint2*>(v_cache + dst) = quant8(src + n, vs[c / 64]);
+    });
 }
 
 // For every layer and every pair p: positions 0..len of slot pairs[2p] are copied into slot

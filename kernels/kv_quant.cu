@@ -1,53 +1,14 @@
-// The int8 KV cache (`build --int8-kv`): writing keys and values as int8, and recording their
-// ranges for calibration. Scales are f32 [4][n_layer][n_head] (self K, self V, cross K, cross V;
+// The int8 KV cache (`build --int8-kv`): quantizing each window's cross K/V, and recording the
+// ranges of keys and values for calibration (new self-attention keys and values: kv_append_i8 in
+// kv_cache.cu). Scales are f32 [4][n_layer][n_head] (self K, self V, cross K, cross V;
 // src/kv_quant.rs); a value v of head h is stored as round(v / scale) clamped to -127..127
-// (round half away from zero, as the CPU reference does), 0 where the scale is 0.
+// (round half away from zero, as the CPU reference does; quant8 in common.cuh), 0 where the
+// scale is 0.
 #include <cuda_fp16.h>
 
 #include "common.cuh"
 
 #define DH 64
-
-__device__ __forceinline__ int q8(float v, float s) {
-    if (s == 0.f) return 0;
-    return (int)fminf(fmaxf(roundf(v / s), -127.f), 127.f);
-}
-
-// 8 fp16 values (16 bytes at src) as 8 int8 levels under scale s.
-__device__ __forceinline__ uint2 quant8(const __half* src, float s) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(src);
-    const __half2* h2 = reinterpret_cast<const __half2*>(&raw);
-    unsigned w[2];
-#pragma unroll
-    for (int half_ = 0; half_ < 2; half_++) {
-        const float2 a = __half22float2(h2[2 * half_]), b = __half22float2(h2[2 * half_ + 1]);
-        w[half_] = (unsigned)(q8(a.x, s) & 0xff) | ((unsigned)(q8(a.y, s) & 0xff) << 8) |
-                   ((unsigned)(q8(b.x, s) & 0xff) << 16) | ((unsigned)(q8(b.y, s) & 0xff) << 24);
-    }
-    return make_uint2(w[0], w[1]);
-}
-
-// kv_append for the int8 cache: the keys and values of the new rows (qkv fp16 [rows][3n], key in
-// columns n..2n, value in 2n..3n) to positions len + i of slot slots[s] of this layer's int8
-// caches [slots][ctx][n]; ks, vs: this layer's scales of keys and values, f32 [n / 64].
-extern "C" __global__ void kv_append_i8(const __half* __restrict__ qkv, signed char* __restrict__ k_cache,
-                                        signed char* __restrict__ v_cache, const int* __restrict__ slots, int rows,
-                                        int n, int t, const int* __restrict__ len_ptr, int ctx,
-                                        const float* __restrict__ ks, const float* __restrict__ vs) {
-    pdl_wait();
-    pdl_launch();
-    const int len = *len_ptr;
-    const int per_row = n / 8;
-    const int total = rows * per_row;
-    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += gridDim.x * blockDim.x) {
-        const int row = idx / per_row, c = (idx % per_row) * 8;
-        const int s = row / t, i = row % t;
-        const __half* src = qkv + (size_t)row * 3 * n + c;
-        const size_t dst = ((size_t)slots[s] * ctx + len + i) * n + c;
-        *reinterpret_cast<uint2*>(k_cache + dst) = quant8(src + n, ks[c / DH]);
-        *reinterpret_cast<uint2*>(v_cache + dst) = quant8(src + 2 * n, vs[c / DH]);
-    }
-}
 
 // The cross-attention K/V of one window, fp16 [rows][n_layer * 2n] (layer l's keys in columns
 // l*2n..l*2n+n, its values after them), into int8 of the same layout. scales: all of them,

@@ -48,7 +48,7 @@ pub const FUNCTIONS: [(&str, &str); 28] = [
     ("decoder_step", "decoder_step"),
     ("decoder_attention", "decoder_self_attention_split_i8"),
     ("decoder_attention", "cross_attention_split_i8"),
-    ("kv_quant", "kv_append_i8"),
+    ("kv_cache", "kv_append_i8"),
     ("kv_quant", "quantize_cross_kv"),
     ("kv_quant", "kv_absmax"),
 ];
@@ -333,7 +333,7 @@ impl Kernels {
             gemm_w8_m32: f("gemm_w8", "gemm_w8_m32")?,
             decoder_self_attention_split_i8: f("decoder_attention", "decoder_self_attention_split_i8")?,
             cross_attention_split_i8: f("decoder_attention", "cross_attention_split_i8")?,
-            kv_append_i8: f("kv_quant", "kv_append_i8")?,
+            kv_append_i8: f("kv_cache", "kv_append_i8")?,
             quantize_cross_kv: f("kv_quant", "quantize_cross_kv")?,
             kv_absmax: f("kv_quant", "kv_absmax")?,
             gemv_wave: std::env::var("WHISPER_TRT_GEMV_WAVE").ok().and_then(|v| v.parse::<usize>().ok()).map_or(4, |w| w.max(1)) * sms,

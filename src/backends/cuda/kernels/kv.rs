@@ -1,6 +1,7 @@
-//! The launchers of the int8 KV cache (`build --int8-kv`; kernels/kv_quant.cu and the `_i8`
-//! attention kernels of kernels/decoder_attention.cu). Scales are f32 `[4][n_layer][n_head]`
-//! (see [`crate::kv_quant`]); the launchers take pointers to one layer's heads of one kind.
+//! The launchers of the int8 KV cache (`build --int8-kv`; kernels/kv_quant.cu, kv_append_i8 of
+//! kernels/kv_cache.cu and the `_i8` attention kernels of kernels/decoder_attention.cu). Scales
+//! are f32 `[4][n_layer][n_head]` (see [`crate::kv_quant`]); the launchers take pointers to one
+//! layer's heads of one kind.
 use super::{grid_stride, i32_of, launch_pdl, launched, CrossKv, Kernels, D_HEAD, SPLIT_KEYS_I8};
 use anyhow::Result;
 use cudarc::driver::sys::CUdeviceptr;
